@@ -1,0 +1,18 @@
+"""Helpers for the course "GPU-accelerated deep learning with JAX".
+
+Importing ``utils`` imports no JAX, so a lesson can still choose its devices (simulated CPU
+devices, GPU memory settings) before JAX starts. Import the modules you need by name::
+
+    from utils import environment, timing, data, plotting, exercises
+
+Modules (and the lesson that introduces each):
+
+- ``environment``: where am I running, which devices, version report, device set-up (00).
+- ``timing``: the one benchmark helper of the course (01).
+- ``data``: MNIST and Fashion-MNIST loaders with verified, cached downloads (00, used from 04).
+- ``plotting``: image grids, measurement plots, speed-up bars, rooflines (01).
+- ``exercises``: the checker framework that answers PASSED / FAILED / NOT ATTEMPTED (00).
+- ``checks``: one module of exercise checkers per lesson.
+"""
+
+__all__ = ["checks", "data", "environment", "exercises", "plotting", "timing"]

@@ -1,0 +1,226 @@
+"""The exercise checker framework (introduced in lesson 00_setup).
+
+A checker runs a student's function against a reference on fresh random inputs and prints
+exactly one line that starts with one of three verdicts::
+
+    PASSED relu: matches the reference on 6 random inputs, shapes (1,) to (31, 7); also under jax.jit
+    FAILED relu: output shape (3,) but expected (3, 4). Hint: ... The lesson continues with the reference.
+    NOT ATTEMPTED relu: not written yet. Hint: ... The lesson continues with the reference.
+
+It returns the function the rest of the lesson should use: the student's when it passed,
+the reference otherwise, so a notebook runs top to bottom with every exercise blank.
+
+Lesson checkers (``utils/checks/lessonNN_*.py``) are built from :func:`run_check` and the
+comparison helpers below. Everything the student's code raises is caught and summarised in
+one line; a student never sees a traceback from inside ``utils``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CheckFailed",
+    "Result",
+    "Verdict",
+    "compare_with_reference",
+    "expect_array",
+    "expect_close",
+    "run_check",
+    "summarize_error",
+]
+
+#: Matches a verdict line; the grading tool and the tests read lines with it.
+VERDICT_LINE = re.compile(r"^(PASSED|FAILED|NOT ATTEMPTED) (\S+?):")
+
+_CONTINUES = "The lesson continues with the reference implementation."
+
+
+class Verdict(enum.Enum):
+    PASSED = "PASSED"
+    FAILED = "FAILED"
+    NOT_ATTEMPTED = "NOT ATTEMPTED"
+
+
+class CheckFailed(Exception):
+    """Raised inside a checker when the student's answer is wrong; the message is shown."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one check. ``line`` is what gets printed."""
+
+    exercise: str
+    verdict: Verdict
+    message: str
+
+    @property
+    def line(self) -> str:
+        return f"{self.verdict.value} {self.exercise}: {self.message}"
+
+
+def summarize_error(error: BaseException, limit: int = 160) -> str:
+    """``"TypeError: unsupported operand ..."``: the error's type and first line, shortened."""
+    text = str(error).strip().splitlines()
+    first = text[0].strip() if text else ""
+    if len(first) > limit:
+        first = first[: limit - 3] + "..."
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def run_check(
+    exercise: str,
+    student_fn: Callable[..., Any],
+    reference_fn: Callable[..., Any],
+    check: Callable[[Callable[..., Any]], str],
+    hint: str,
+    *,
+    quiet: bool = False,
+) -> Callable[..., Any]:
+    """Run ``check(student_fn)``, print one verdict line, return the function to go on with.
+
+    ``check`` returns a short description of what it verified (used after ``PASSED``), or
+    raises :class:`CheckFailed` with what is wrong. ``NotImplementedError`` from the
+    student's code means NOT ATTEMPTED; any other exception means FAILED with a one-line
+    summary of the error. ``hint`` is one sentence shown with FAILED and NOT ATTEMPTED.
+    """
+    result, use = evaluate(exercise, student_fn, reference_fn, check, hint)
+    if not quiet:
+        print(result.line)
+    return use
+
+
+def evaluate(
+    exercise: str,
+    student_fn: Callable[..., Any],
+    reference_fn: Callable[..., Any],
+    check: Callable[[Callable[..., Any]], str],
+    hint: str,
+) -> tuple[Result, Callable[..., Any]]:
+    """Like :func:`run_check` but returns ``(Result, function to use)`` and prints nothing."""
+    hint = _one_line(hint)
+    try:
+        what = check(student_fn)
+    except NotImplementedError:
+        return Result(exercise, Verdict.NOT_ATTEMPTED,
+                      f"not written yet. Hint: {hint} {_CONTINUES}"), reference_fn
+    except CheckFailed as wrong:
+        return Result(exercise, Verdict.FAILED,
+                      f"{_one_line(str(wrong))} Hint: {hint} {_CONTINUES}"), reference_fn
+    except Exception as error:  # the student's code raised: summarise, never a traceback
+        return Result(exercise, Verdict.FAILED,
+                      f"your function raised {_one_line(summarize_error(error))}. "
+                      f"Hint: {hint} {_CONTINUES}"), reference_fn
+    return Result(exercise, Verdict.PASSED, _one_line(what)), student_fn
+
+
+def expect_array(value: Any, shape: Sequence[int], dtype: Any, what: str = "output") -> np.ndarray:
+    """Check ``value`` is an array of ``shape`` and ``dtype`` (shape first); return it as NumPy.
+
+    Raises :class:`CheckFailed` naming what differs.
+    """
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise CheckFailed(
+            f"{what} is a {type(value).__name__}, but an array of shape {tuple(shape)} "
+            "was expected."
+        )
+    if tuple(value.shape) != tuple(shape):
+        raise CheckFailed(f"{what} has shape {tuple(value.shape)} but expected {tuple(shape)}.")
+    if np.dtype(value.dtype) != np.dtype(dtype):
+        raise CheckFailed(f"{what} has dtype {np.dtype(value.dtype)} but expected {np.dtype(dtype)}.")
+    return np.asarray(value)
+
+
+def expect_close(
+    value: Any, expected: Any, *, rtol: float = 1e-5, atol: float = 1e-6, what: str = "output"
+) -> None:
+    """Check ``value`` matches ``expected`` (same shape and dtype, then values)."""
+    if np.ndim(expected) == 0 and not hasattr(expected, "shape"):
+        _expect_scalar(value, expected, rtol=rtol, atol=atol, what=what)
+        return
+    expected = np.asarray(expected)
+    got = expect_array(value, expected.shape, expected.dtype, what)
+    if got.dtype == bool or np.issubdtype(got.dtype, np.integer):
+        bad = got != expected
+    else:
+        bad = ~np.isclose(got, expected, rtol=rtol, atol=atol, equal_nan=True)
+    if np.any(bad):
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise CheckFailed(
+            f"{what} differs from the reference in {int(bad.sum())} of {bad.size} entries; "
+            f"e.g. at index {index}: got {got[index]!r}, expected {expected[index]!r}."
+        )
+
+
+def _expect_scalar(value: Any, expected: Any, *, rtol: float, atol: float, what: str) -> None:
+    if isinstance(value, bool) or not (
+        isinstance(value, int | float | np.number) or (hasattr(value, "shape") and value.shape == ())
+    ):
+        raise CheckFailed(f"{what} is a {type(value).__name__}, but a single number was expected.")
+    got = float(value)
+    if not np.isclose(got, float(expected), rtol=rtol, atol=atol):
+        raise CheckFailed(f"{what} is {got:.6g}, but expected {float(expected):.6g}.")
+
+
+def _describe_shape(args: tuple[Any, ...]) -> str:
+    shapes = [tuple(a.shape) for a in args if hasattr(a, "shape")]
+    return str(shapes[0]) if len(shapes) == 1 else "x".join(str(s) for s in shapes)
+
+
+def compare_with_reference(
+    student_fn: Callable[..., Any],
+    reference_fn: Callable[..., Any],
+    make_args: Callable[[np.random.Generator, int], tuple[Any, ...]],
+    *,
+    trials: int = 6,
+    jit: bool = True,
+    static_argnums: Sequence[int] = (),
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+    rng: np.random.Generator | None = None,
+) -> str:
+    """Compare on ``trials`` fresh random inputs, then again under ``jax.jit``.
+
+    ``make_args(rng, trial)`` builds one tuple of arguments; vary shapes with ``trial``.
+    Outputs may be arrays, numbers, or tuples/lists of them. Returns a description of
+    what was checked; raises :class:`CheckFailed` on the first difference.
+    """
+    import jax
+
+    rng = np.random.default_rng() if rng is None else rng
+    cases = [make_args(rng, t) for t in range(trials)]
+    variants: list[tuple[str, Callable[..., Any]]] = [("", student_fn)]
+    if jit:
+        variants.append((" under jax.jit", jax.jit(student_fn, static_argnums=tuple(static_argnums))))
+    for suffix, fn in variants:
+        for args in cases:
+            expected = reference_fn(*args)
+            got = fn(*args)
+            where = f" for inputs of shape {_describe_shape(args)}{suffix}"
+            _compare_outputs(got, expected, rtol=rtol, atol=atol, where=where)
+    shapes = sorted({_describe_shape(a) for a in cases}, key=len)
+    span = f"shapes {shapes[0]} to {shapes[-1]}" if len(shapes) > 1 else f"shape {shapes[0]}"
+    return (f"matches the reference on {trials} random inputs ({span})"
+            + ("; also under jax.jit" if jit else ""))
+
+
+def _compare_outputs(got: Any, expected: Any, *, rtol: float, atol: float, where: str) -> None:
+    if isinstance(expected, tuple | list):
+        if not isinstance(got, tuple | list) or len(got) != len(expected):
+            raise CheckFailed(
+                f"returned {type(got).__name__}{where}, expected a tuple of {len(expected)} values."
+            )
+        for i, (g, e) in enumerate(zip(got, expected, strict=True)):
+            expect_close(g, e, rtol=rtol, atol=atol, what=f"output [{i}]{where}")
+        return
+    expect_close(got, expected, rtol=rtol, atol=atol, what=f"output{where}")
