@@ -14,3 +14,5 @@ c.ServerApp.ip = "127.0.0.1"
 c.ServerApp.allow_remote_access = False
 # JupyterLab reads settings overrides (news and update checks off) from this folder.
 c.LabApp.app_settings_dir = str(HERE / "settings")
+# Containers and CI often run as root; the server still listens on 127.0.0.1 only.
+c.ServerApp.allow_root = True
