@@ -1,4 +1,4 @@
-"""MNIST and Fashion-MNIST as NumPy arrays, from verified, cached downloads (lesson 00; used from 04).
+"""MNIST and Fashion-MNIST as NumPy arrays, from verified cached downloads (lessons 00, 04+).
 
 Files are the publishers' original gzipped IDX files. :func:`fetch` gets each one with
 `pooch <https://www.fatiando.org/pooch/>`_, trying the public mirrors in order with a
@@ -62,10 +62,14 @@ DATASETS: dict[str, Dataset] = {
             "http://yann.lecun.com/exdb/mnist/",
         ),
         sha256={
-            "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-            "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-            "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-            "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+            "train-images-idx3-ubyte.gz":
+                "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            "train-labels-idx1-ubyte.gz":
+                "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            "t10k-images-idx3-ubyte.gz":
+                "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            "t10k-labels-idx1-ubyte.gz":
+                "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
         },
         classes=tuple(str(d) for d in range(10)),
     ),
@@ -77,10 +81,14 @@ DATASETS: dict[str, Dataset] = {
             "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
         ),
         sha256={
-            "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-            "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-            "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-            "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+            "train-images-idx3-ubyte.gz":
+                "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            "train-labels-idx1-ubyte.gz":
+                "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            "t10k-images-idx3-ubyte.gz":
+                "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            "t10k-labels-idx1-ubyte.gz":
+                "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
         },
         classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
@@ -93,7 +101,8 @@ class DataUnavailableError(RuntimeError):
 
 
 def data_dir() -> Path:
-    """The folder holding ``mnist/`` and ``fashion-mnist/``: ``$COURSE_DATA_DIR`` or a user cache."""
+    """The folder holding ``mnist/`` and ``fashion-mnist/``: ``$COURSE_DATA_DIR`` or a user cache.
+    """
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env).expanduser()
@@ -180,13 +189,19 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
 
     Returns shape ``(N, rows, cols)`` for image files and ``(N,)`` for label files.
     """
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (gzip.BadGzipFile, EOFError) as error:
+        raise ValueError(f"{path} is not a complete gzip file ({error}).") from error
     if len(raw) < 8:
         raise ValueError(f"{path} is too short to be an IDX file ({len(raw)} bytes).")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != 0x08 or ndim not in (1, 3):
         raise ValueError(f"{path} is not an unsigned-byte IDX file (header {raw[:4].hex()}).")
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{path} is too short to be an IDX file ({len(raw)} bytes) with "
+                         f"{ndim} dimensions.")
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
@@ -223,13 +238,15 @@ def load(
     return images, labels
 
 
-def load_mnist(split: Literal["train", "test"] = "train", *,
-               dtype: Literal["uint8", "float32"] = "uint8") -> tuple[np.ndarray, np.ndarray]:
+def load_mnist(
+    split: Literal["train", "test"] = "train", *, dtype: Literal["uint8", "float32"] = "uint8"
+) -> tuple[np.ndarray, np.ndarray]:
     """MNIST digits: ``(images (N, 28, 28), labels (N,))``; see :func:`load`."""
     return load("mnist", split, dtype=dtype)
 
 
-def load_fashion_mnist(split: Literal["train", "test"] = "train", *,
-                       dtype: Literal["uint8", "float32"] = "uint8") -> tuple[np.ndarray, np.ndarray]:
+def load_fashion_mnist(
+    split: Literal["train", "test"] = "train", *, dtype: Literal["uint8", "float32"] = "uint8"
+) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST articles: ``(images (N, 28, 28), labels (N,))``; see :func:`load`."""
     return load("fashion-mnist", split, dtype=dtype)
