@@ -31,13 +31,17 @@ __all__ = ["Timing", "benchmark", "format_seconds", "table"]
 
 
 def format_seconds(seconds: float) -> str:
-    """Seconds in the unit that reads best: ``"812 ns"``, ``"3.41 µs"``, ``"12.3 ms"``, ``"2.05 s"``."""
+    """Seconds in the unit that reads best, to 3 significant digits.
+
+    ``"812 ns"``, ``"3.41 µs"``, ``"12.3 ms"``, ``"2.05 s"``; never ``"1e+03 ms"``:
+    0.9996 s reads ``"1 s"``.
+    """
     if not math.isfinite(seconds):
         return str(seconds)
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9)):
-        if abs(seconds) >= scale or unit == "ns":
-            value = seconds / scale
-            return f"{value:.3g} {unit}" if value < 1000 else f"{value:.0f} {unit}"
+        value = seconds / scale
+        if abs(float(f"{value:.3g}")) >= 1 or unit == "ns":
+            return f"{value:.3g} {unit}" if abs(value) < 999.5 else f"{value:.0f} {unit}"
     raise AssertionError("unreachable")  # pragma: no cover
 
 
