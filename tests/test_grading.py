@@ -1,0 +1,251 @@
+"""Tests for utils/grading.py (the `course-grade` command).
+
+A tiny lesson-like notebook ("01_tiny": three exercises checked with utils.exercises.run_check)
+is written in five versions: solved, blank, one wrong answer, one that raises in a cell that is
+not an exercise, and one whose student function never returns (it hits the cell timeout).
+The report must match the expected text exactly, and the submitted files must not change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from utils import grading
+from utils.grading import NotebookResult
+
+CELL_TIMEOUT = 6  # the looping notebook waits this long; every other cell takes well under 1 s
+
+SETUP = "from utils.exercises import expect_close, run_check"
+CHECKERS = '''\
+def make_checker(name, reference, hint):
+    def check(fn):
+        for x in (0.0, 1.5, -2.0):
+            expect_close(fn(x), reference(x), what=f"{name}({x})")
+        return "matches the reference on 3 inputs"
+    return lambda fn: run_check(name, fn, reference, check, hint)
+
+check_double = make_checker("double", lambda x: 2 * x, "Multiply by 2.")
+check_square = make_checker("square", lambda x: x * x, "Multiply x by itself.")
+check_negate = make_checker("negate", lambda x: -x, "Flip the sign.")'''
+SOLVED = {
+    "double": "def double(x):\n    return 2 * x",
+    "square": "def square(x):\n    return x * x",
+    "negate": "def negate(x):\n    return -x",
+}
+BLANK = "def {name}(x):\n    # YOUR CODE HERE\n    raise NotImplementedError('write it')"
+
+
+def lesson_notebook(answers: dict[str, str], between: str = 'print("between:", double(1.0))'):
+    """The fixture lesson. Code cells: 1 setup, 2 checkers, 3 an expected-error demo
+    (tagged raises-exception), 4/5 double + its check, 6 a plain cell (``between``),
+    7/8 square + check, 9/10 negate + check, 11 a closing print."""
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    demo = code('int("seven")  # an expected error: ValueError')
+    demo.metadata["tags"] = ["raises-exception"]
+    cells = [md("# 01 · Tiny lesson\n\nThree exercises."), code(SETUP), code(CHECKERS), demo]
+    for name in ("double", "square", "negate"):
+        cells += [md(f"Write `{name}`."), code(answers[name]),
+                  code(f"{name} = check_{name}({name})")]
+        if name == "double":
+            cells.append(code(between))
+    cells.append(code('print("done")'))
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    return nb
+
+
+def submissions(folder: Path) -> dict[str, Path]:
+    """Five students' copies of 01_tiny.ipynb, each in its own folder."""
+    blank = {name: BLANK.format(name=name) for name in SOLVED}
+    versions = {
+        "solved": lesson_notebook(SOLVED),
+        "blank": lesson_notebook(blank),
+        "wrong": lesson_notebook({**SOLVED, "negate": "def negate(x):\n    return x"}),
+        "crash": lesson_notebook(SOLVED, between='count = int("seven")\nprint(count)'),
+        "loop": lesson_notebook({**SOLVED, "square": (
+            "def square(x):\n    total = 0\n    while x:\n        total += x\n    return total")}),
+    }
+    paths = {}
+    for student, nb in versions.items():
+        path = folder / student / "01_tiny.ipynb"
+        path.parent.mkdir(parents=True)
+        nbformat.write(nb, path)
+        paths[student] = path
+    return paths
+
+
+EXPECTED_CSV = """\
+notebook,lesson,double,square,negate,passed,total,status
+blank/01_tiny.ipynb,01_tiny,NOT ATTEMPTED,NOT ATTEMPTED,NOT ATTEMPTED,0,3,ok
+crash/01_tiny.ipynb,01_tiny,PASSED,not reached,not reached,1,3,error in cell 6: ValueError: invalid literal for int() with base 10: 'seven'
+loop/01_tiny.ipynb,01_tiny,PASSED,not reached,not reached,1,3,timed out in cell 8 (cell limit 6 s)
+solved/01_tiny.ipynb,01_tiny,PASSED,PASSED,PASSED,3,3,ok
+wrong/01_tiny.ipynb,01_tiny,PASSED,PASSED,FAILED,2,3,ok
+"""  # noqa: E501
+
+EXPECTED_MD = """\
+# Grading report
+
+5 notebooks graded, 3 ran to the end.
+Limits: 6 s per cell, 120 s per notebook.
+
+| notebook | lesson | double | square | negate | passed | status |
+|---|---|---|---|---|---|---|
+| blank/01_tiny.ipynb | 01_tiny | NOT ATTEMPTED | NOT ATTEMPTED | NOT ATTEMPTED | 0/3 | ok |
+| crash/01_tiny.ipynb | 01_tiny | PASSED | not reached | not reached | 1/3 | error in cell 6: ValueError: invalid literal for int() with base 10: 'seven' |
+| loop/01_tiny.ipynb | 01_tiny | PASSED | not reached | not reached | 1/3 | timed out in cell 8 (cell limit 6 s) |
+| solved/01_tiny.ipynb | 01_tiny | PASSED | PASSED | PASSED | 3/3 | ok |
+| wrong/01_tiny.ipynb | 01_tiny | PASSED | PASSED | FAILED | 2/3 | ok |
+
+Passed, per exercise:
+
+- `double`: 4 of 5
+- `square`: 2 of 5
+- `negate`: 1 of 5
+
+`not reached`: the notebook stopped before that checker ran; `missing`: it ran to the end without calling it. `cell N` counts code cells from the top.
+"""  # noqa: E501
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    """Grade the five submissions once through the command's entry point."""
+    root = tmp_path_factory.mktemp("grading")
+    paths = submissions(root / "submitted")
+    before = {student: _digest(p) for student, p in paths.items()}
+    out = root / "report"
+    code = grading.main([str(root / "submitted"), "--out", str(out),
+                         "--cell-timeout", str(CELL_TIMEOUT), "--timeout", "120"])
+    return {"code": code, "out": out, "paths": paths, "before": before}
+
+
+def test_report_csv_is_exactly_as_expected(graded):
+    assert graded["code"] == 0
+    assert (graded["out"] / "report.csv").read_text() == EXPECTED_CSV
+
+
+def test_report_markdown_is_exactly_as_expected(graded):
+    assert (graded["out"] / "report.md").read_text() == EXPECTED_MD
+
+
+def test_submitted_files_are_not_modified(graded):
+    after = {student: _digest(p) for student, p in graded["paths"].items()}
+    assert after == graded["before"]
+    assert sorted(p.name for p in graded["paths"]["solved"].parent.iterdir()) == ["01_tiny.ipynb"]
+
+
+def test_executed_copies_show_what_the_student_saw(graded):
+    executed = graded["out"] / "executed" / "crash" / "01_tiny.ipynb"
+    nb = nbformat.read(executed, as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.output_type == "error"]
+    # The tagged demo's expected ValueError, then the crash that stopped the notebook.
+    assert [e.evalue for e in errors] == ["invalid literal for int() with base 10: 'seven'"] * 2
+    # The reference list of exercises can come from a solved notebook's stored outputs.
+    solved = graded["out"] / "executed" / "solved" / "01_tiny.ipynb"
+    assert grading.expected_exercises([solved]) == {"01_tiny": ["double", "square", "negate"]}
+
+
+def test_overall_timeout_stops_a_notebook(tmp_path):
+    path = submissions(tmp_path)["loop"]
+    result = grading.grade_notebook(path, cell_timeout=60, timeout=10)
+    assert result.status == "timed out in cell 8 (notebook limit 10 s)"
+    assert result.verdicts == {"double": "PASSED"} and not result.completed
+    assert result.seconds < 30
+
+
+def test_unreadable_notebook_is_reported_and_others_still_graded(tmp_path):
+    submissions(tmp_path / "in")
+    for student in ("crash", "loop", "wrong", "blank"):
+        (tmp_path / "in" / student / "01_tiny.ipynb").unlink()
+    (tmp_path / "in" / "broken.ipynb").write_text("{not json")
+    out = tmp_path / "out"
+    assert grading.main([str(tmp_path / "in"), "--out", str(out)]) == 0
+    rows = (out / "report.csv").read_text().splitlines()
+    # Two lessons now ("broken" from its file name): columns are lesson-qualified.
+    assert rows[0] == ("notebook,lesson,01_tiny:double,01_tiny:square,01_tiny:negate,"
+                       "passed,total,status")
+    assert rows[1].startswith("broken.ipynb,broken,,,,0,0,unreadable notebook: ")
+    assert rows[2] == "solved/01_tiny.ipynb,01_tiny,PASSED,PASSED,PASSED,3,3,ok"
+    assert len(rows) == 3
+
+
+def test_several_lessons_get_lesson_qualified_columns():
+    results = [
+        NotebookResult("a/01_gpu_basics.ipynb", "01_gpu_basics", {"matmul_flops": "PASSED"},
+                       ["matmul_flops"], completed=True),
+        NotebookResult("a/02_jit.ipynb", "02_jit", {"relu": "FAILED"}, ["relu"],
+                       completed=False, status="error in cell 3: KeyError: 'x'"),
+    ]
+    expected = {"02_jit": ["relu", "gelu"], "05_cnn": ["conv"]}  # 05 is not graded: no column
+    assert grading.render_csv(results, expected) == (
+        "notebook,lesson,01_gpu_basics:matmul_flops,02_jit:relu,02_jit:gelu,passed,total,status\n"
+        "a/01_gpu_basics.ipynb,01_gpu_basics,PASSED,,,1,1,ok\n"
+        "a/02_jit.ipynb,02_jit,,FAILED,not reached,0,2,error in cell 3: KeyError: 'x'\n")
+
+
+def test_missing_checker_in_a_completed_notebook_is_marked_missing():
+    results = [
+        NotebookResult("x.ipynb", "01_tiny", {"double": "PASSED"}, ["double"], completed=True),
+        NotebookResult("y.ipynb", "01_tiny", {"double": "PASSED", "negate": "FAILED"},
+                       ["double", "negate"], completed=True),
+    ]
+    csv_text = grading.render_csv(results)
+    assert csv_text.splitlines()[1] == "x.ipynb,01_tiny,PASSED,missing,1,2,ok"
+    assert "| y.ipynb | 01_tiny | PASSED | FAILED | 1/2 | ok |" in grading.render_markdown(results)
+
+
+def test_markdown_escapes_pipes_in_status():
+    results = [NotebookResult("z.ipynb", "01_tiny", status="error in cell 2: ValueError: a|b")]
+    assert "ValueError: a\\|b |" in grading.render_markdown(results)
+
+
+@pytest.mark.parametrize(("name", "title", "lesson"), [
+    ("01_gpu_basics.ipynb", None, "01_gpu_basics"),
+    ("Copy of 02_jit (1).ipynb", None, "02_jit"),
+    ("alice_03_vmap_grad.ipynb", None, "03_vmap_grad"),
+    ("homework.ipynb", "# 04 · An MNIST MLP\n\ntext", "04_an_mnist_mlp"),
+    ("homework.ipynb", "Some notes", "homework"),
+])
+def test_lesson_from_file_name_or_title(name, title, lesson):
+    nb = {"cells": [{"cell_type": "markdown", "source": title}]} if title else None
+    assert grading.lesson_of(Path(name), nb) == lesson
+
+
+def test_verdicts_are_read_from_stdout_only_even_when_split():
+    outputs = [
+        {"output_type": "stream", "name": "stdout", "text": "hello\nPASSED re"},
+        {"output_type": "stream", "name": "stdout", "text": "lu: fine\nFAILED gelu: no\n"},
+        {"output_type": "stream", "name": "stderr", "text": "PASSED fake: from stderr\n"},
+        {"output_type": "execute_result", "data": {"text/plain": "'PASSED quoted: no'"}},
+        {"output_type": "display_data", "data": {"text/plain": "NOT ATTEMPTED softmax: later"}},
+    ]
+    assert grading.verdicts_in_outputs(outputs) == [
+        ("relu", "PASSED"), ("gelu", "FAILED"), ("softmax", "NOT ATTEMPTED")]
+
+
+def test_command_line_usage_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        grading.main([str(tmp_path), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "no notebooks found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        grading.main([str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
+
+
+def test_module_runs_as_a_command():
+    done = subprocess.run([sys.executable, "-m", "utils.grading", "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert "--cell-timeout" in done.stdout and "throwaway" in done.stdout

@@ -1,0 +1,428 @@
+"""Grade submitted student notebooks: run each one, collect every exercise verdict, write a report.
+
+For instructors (see the README's "Grading" section)::
+
+    course-grade submissions/ --out report/
+    course-grade alice.ipynb bob.ipynb --out report/ --cell-timeout 120 --timeout 1800
+    python -m utils.grading submissions/ --out report/
+
+Each notebook is copied to a temporary folder and run there, top to bottom, in a fresh
+kernel (``nbclient``) that inherits this process's environment (``COURSE_DATA_DIR``
+included); the submitted file is never modified. A cell that runs longer than the cell
+timeout, or a notebook that runs longer than the overall timeout, is stopped. Every line
+an exercise checker prints (``PASSED name: ...``, ``FAILED name: ...``,
+``NOT ATTEMPTED name: ...``, see :data:`utils.exercises.VERDICT_LINE`) is collected, the
+ones printed before a crash included, and ``REPORT_DIR/report.csv`` and
+``REPORT_DIR/report.md`` get one row per notebook and one column per exercise. The
+executed copies (and each kernel's own log) are kept in ``REPORT_DIR/executed/`` so you
+can see what a student saw.
+
+Grading runs the students' code. It gets a fresh kernel, a temporary copy and timeouts,
+but no sandbox: no limits on the file system, the network or memory. Run it in a
+throwaway environment (a container, a VM, a Colab runtime).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from utils.exercises import VERDICT_LINE
+
+__all__ = [
+    "NotebookResult",
+    "find_notebooks",
+    "grade_notebook",
+    "lesson_of",
+    "main",
+    "render_csv",
+    "render_markdown",
+    "verdicts_in_outputs",
+    "write_report",
+]
+
+#: What a cell of the report says for an exercise the notebook has no verdict for.
+NOT_REACHED = "not reached"  # the notebook stopped (error or timeout) before its checker
+MISSING = "missing"  # the notebook ran to the end but never called that checker
+
+_LESSON_IN_NAME = re.compile(r"(\d\d_[A-Za-z0-9_]*[A-Za-z0-9])")
+_TITLE = re.compile(r"^#\s+(\d\d)\s*[·:.\-–—]\s*(.+?)\s*$", re.MULTILINE)
+
+
+@dataclass
+class NotebookResult:
+    """The outcome of grading one notebook.
+
+    ``verdicts`` maps exercise name to ``"PASSED"``, ``"FAILED"`` or ``"NOT ATTEMPTED"``
+    (the last verdict printed for that name wins); ``completed`` is True when every cell
+    ran; ``status`` is ``"ok"`` or says where and why the run stopped.
+    """
+
+    name: str
+    lesson: str
+    verdicts: dict[str, str] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)  # exercise names in the order printed
+    completed: bool = False
+    status: str = "ok"
+    seconds: float = 0.0
+
+
+def find_notebooks(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, str]]:
+    """``(path, display name)`` of every notebook in ``paths`` (files, or folders searched
+    recursively, skipping ``.ipynb_checkpoints``). Display names are relative to the common
+    folder of all notebooks, so ``alice/01_gpu_basics.ipynb`` and ``bob/01_gpu_basics.ipynb``
+    stay apart."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*.ipynb")
+                            if ".ipynb_checkpoints" not in p.parts and p.is_file())
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"no such notebook or folder: {path}")
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    if not unique:
+        return []
+    if len(unique) == 1:
+        return [(unique[0], unique[0].name)]
+    common = Path(os.path.commonpath([p.parent for p in unique]))
+    return [(p, p.relative_to(common).as_posix()) for p in unique]
+
+
+def lesson_of(path: Path, nb: dict | None = None) -> str:
+    """The lesson a notebook belongs to: ``NN_name`` found in its file name
+    (``Copy of 01_gpu_basics.ipynb`` -> ``01_gpu_basics``), else made from its title
+    (``# 01 · GPU basics`` -> ``01_gpu_basics``), else the file name without ``.ipynb``."""
+    match = _LESSON_IN_NAME.search(path.stem)
+    if match:
+        return match.group(1)
+    for cell in (nb or {}).get("cells", []):
+        if cell.get("cell_type") == "markdown":
+            title = _TITLE.search(_text(cell.get("source", "")))
+            if title:
+                slug = re.sub(r"[^a-z0-9]+", "_", title.group(2).lower()).strip("_")
+                return f"{title.group(1)}_{slug}" if slug else title.group(1)
+            break
+    return path.stem
+
+
+def _text(value: str | list[str]) -> str:
+    return "".join(value) if isinstance(value, list) else value
+
+
+def verdicts_in_outputs(outputs: Sequence[dict]) -> list[tuple[str, str]]:
+    """``(exercise, verdict)`` for every checker line in a cell's outputs, in order.
+
+    Checker lines are printed, so they are read from ``stdout`` streams (joined first, as
+    a line may arrive in pieces) and from the plain text of displayed outputs."""
+    texts: list[str] = []
+    stdout = ""
+    for output in outputs:
+        kind = output.get("output_type")
+        if kind == "stream":
+            if output.get("name") == "stdout":
+                stdout += _text(output.get("text", ""))
+            continue
+        if stdout:
+            texts.append(stdout)
+            stdout = ""
+        if kind == "display_data":
+            texts.append(_text(output.get("data", {}).get("text/plain", "")))
+    texts.append(stdout)
+    found = []
+    for text in texts:
+        for line in text.splitlines():
+            match = VERDICT_LINE.match(line)
+            if match:
+                found.append((match.group(2), match.group(1)))
+    return found
+
+
+def _one_line(text: str, limit: int = 120) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def grade_notebook(
+    path: Path,
+    name: str | None = None,
+    *,
+    cell_timeout: float = 300,
+    timeout: float = 1800,
+    kernel_name: str = "python3",
+    executed_copy: Path | None = None,
+    kernel_log: Path | None = None,
+    startup_timeout: float = 120,
+) -> NotebookResult:
+    """Run a copy of the notebook at ``path`` in a fresh kernel and collect its verdicts.
+
+    Never raises for a bad notebook: a notebook that cannot be read, crashes, times out or
+    kills its kernel gets a ``status`` saying so, with the verdicts printed before it
+    stopped. ``cell N`` in a status counts code cells from the top (1 = the first code
+    cell). ``executed_copy``: where to save the notebook with the outputs of this run;
+    ``kernel_log``: where to save what the kernel process itself wrote to stdout/stderr
+    (low-level warnings, a crash's last words); discarded when None.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    path = Path(path)
+    name = name or path.name
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as error:  # not JSON, not a notebook, unreadable
+        return NotebookResult(name, lesson_of(path), completed=False,
+                              status=f"unreadable notebook: {_one_line(error)}")
+    result = NotebookResult(name, lesson_of(path, nb))
+    start = time.monotonic()
+    deadline = start + timeout
+    with tempfile.TemporaryDirectory(prefix="course-grade-") as workdir:
+        copy = Path(workdir) / path.name
+        shutil.copyfile(path, copy)  # the kernel works beside a copy, never the original
+        client = NotebookClient(
+            nb, timeout=max(1, math.ceil(cell_timeout)), kernel_name=kernel_name,
+            startup_timeout=max(1, math.ceil(startup_timeout)), record_timing=False,
+            allow_errors=False, interrupt_on_timeout=False,
+            resources={"metadata": {"path": workdir}},
+        )
+        code_number = 0
+        if kernel_log is not None:
+            kernel_log.parent.mkdir(parents=True, exist_ok=True)
+        log = open(kernel_log, "wb") if kernel_log is not None else None
+        try:
+            with client.setup_kernel(stdout=log or subprocess.DEVNULL,
+                                     stderr=log or subprocess.DEVNULL):
+                for index, cell in enumerate(nb.cells):
+                    if cell.cell_type != "code":
+                        continue
+                    code_number += 1
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        result.status = (f"timed out before cell {code_number} "
+                                         f"(notebook limit {timeout:g} s)")
+                        break
+                    per_cell = min(cell_timeout, remaining)
+                    client.timeout = max(1, math.ceil(per_cell))
+                    try:
+                        client.execute_cell(cell, index,
+                                            execution_count=client.code_cells_executed + 1)
+                    except CellTimeoutError:
+                        limit = ("cell limit" if per_cell >= cell_timeout
+                                 else "notebook limit")
+                        budget = cell_timeout if per_cell >= cell_timeout else timeout
+                        result.status = f"timed out in cell {code_number} ({limit} {budget:g} s)"
+                        break
+                    except CellExecutionError as error:
+                        result.status = (f"error in cell {code_number}: "
+                                         f"{_one_line(f'{error.ename}: {error.evalue}')}")
+                        break
+                    except DeadKernelError:
+                        result.status = f"kernel died in cell {code_number}"
+                        break
+                    finally:
+                        _collect(result, cell.get("outputs", []))
+                else:
+                    result.completed = True
+        except Exception as error:  # the kernel would not start, or died between cells
+            if result.status == "ok":
+                result.status = f"could not run: {_one_line(f'{type(error).__name__}: {error}')}"
+            result.completed = False
+        finally:
+            if log is not None:
+                log.close()
+    result.seconds = time.monotonic() - start
+    if executed_copy is not None:
+        executed_copy.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, executed_copy)
+    return result
+
+
+def _collect(result: NotebookResult, outputs: Sequence[dict]) -> None:
+    for exercise, verdict in verdicts_in_outputs(outputs):
+        if exercise not in result.verdicts:
+            result.order.append(exercise)
+        result.verdicts[exercise] = verdict
+
+
+@dataclass
+class _Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+def _exercise_columns(results: Sequence[NotebookResult],
+                      expected: dict[str, list[str]] | None) -> list[tuple[str, str]]:
+    """``(lesson, exercise)`` pairs: the expected ones first, then any others seen."""
+    columns: dict[tuple[str, str], None] = {}
+    graded = {r.lesson for r in results}
+    for lesson, names in sorted((expected or {}).items()):
+        if lesson not in graded:
+            continue
+        for exercise in names:
+            columns[(lesson, exercise)] = None
+    for result in sorted(results, key=lambda r: r.lesson):
+        for exercise in result.order:
+            columns.setdefault((result.lesson, exercise), None)
+    return sorted(columns, key=lambda c: c[0])  # stable: keeps first-seen order per lesson
+
+
+def _table(results: Sequence[NotebookResult],
+           expected: dict[str, list[str]] | None = None) -> _Table:
+    columns = _exercise_columns(results, expected)
+    several = len({r.lesson for r in results}) > 1
+    header = ["notebook", "lesson"]
+    header += [f"{lesson}:{ex}" if several else ex for lesson, ex in columns]
+    header += ["passed", "total", "status"]
+    rows = []
+    for result in results:
+        mine = [(lesson, ex) for lesson, ex in columns if lesson == result.lesson]
+        cells = []
+        for lesson, exercise in columns:
+            if lesson != result.lesson:
+                cells.append("")
+            elif exercise in result.verdicts:
+                cells.append(result.verdicts[exercise])
+            else:
+                cells.append(MISSING if result.completed else NOT_REACHED)
+        passed = sum(result.verdicts.get(ex) == "PASSED" for _, ex in mine)
+        rows.append([result.name, result.lesson, *cells, str(passed), str(len(mine)),
+                     result.status])
+    return _Table(header, rows)
+
+
+def render_csv(results: Sequence[NotebookResult],
+               expected: dict[str, list[str]] | None = None) -> str:
+    """The report as CSV: one row per notebook, one column per exercise."""
+    table = _table(results, expected)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(table.header)
+    writer.writerows(table.rows)
+    return out.getvalue()
+
+
+def _md(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|")
+
+
+def render_markdown(results: Sequence[NotebookResult],
+                    expected: dict[str, list[str]] | None = None, *,
+                    cell_timeout: float | None = None, timeout: float | None = None) -> str:
+    """The report as a Markdown table, with a line per exercise on how many passed."""
+    table = _table(results, expected)
+    header = [h for h in table.header if h != "total"]
+    lines = ["# Grading report", ""]
+    ran = sum(r.completed for r in results)
+    lines.append(f"{len(results)} notebook{'s' if len(results) != 1 else ''} graded, "
+                 f"{ran} ran to the end.")
+    if cell_timeout is not None and timeout is not None:
+        lines.append(f"Limits: {cell_timeout:g} s per cell, {timeout:g} s per notebook.")
+    lines += ["", "| " + " | ".join(_md(h) for h in header) + " |",
+              "|" + "|".join("---" for _ in header) + "|"]
+    passed_at, total_at = table.header.index("passed"), table.header.index("total")
+    for row in table.rows:
+        cells = [c for i, c in enumerate(row) if i != total_at]
+        cells[header.index("passed")] = f"{row[passed_at]}/{row[total_at]}"
+        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
+    exercises = table.header[2:passed_at]
+    if exercises:
+        lines += ["", "Passed, per exercise:", ""]
+        for i, exercise in enumerate(exercises, start=2):
+            graded = [row[i] for row in table.rows if row[i]]
+            count = sum(v == "PASSED" for v in graded)
+            lines.append(f"- `{exercise}`: {count} of {len(graded)}")
+    lines += ["", "`not reached`: the notebook stopped before that checker ran; `missing`: it "
+              "ran to the end without calling it. `cell N` counts code cells from the top."]
+    return "\n".join(lines) + "\n"
+
+
+def expected_exercises(references: Iterable[Path]) -> dict[str, list[str]]:
+    """Exercise names per lesson from reference notebooks' stored outputs (for example the
+    course's ``solutions/``), so an exercise nobody reached still gets its column."""
+    import nbformat
+
+    expected: dict[str, list[str]] = {}
+    for path, _ in find_notebooks(references):
+        nb = nbformat.read(path, as_version=4)
+        names = expected.setdefault(lesson_of(path, nb), [])
+        for cell in nb.cells:
+            for exercise, _verdict in verdicts_in_outputs(cell.get("outputs", [])):
+                if exercise not in names:
+                    names.append(exercise)
+    return expected
+
+
+def write_report(results: Sequence[NotebookResult], out: Path,
+                 expected: dict[str, list[str]] | None = None, *,
+                 cell_timeout: float | None = None, timeout: float | None = None) -> None:
+    """Write ``out/report.csv`` and ``out/report.md``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.csv").write_text(render_csv(results, expected), encoding="utf-8")
+    (out / "report.md").write_text(
+        render_markdown(results, expected, cell_timeout=cell_timeout, timeout=timeout),
+        encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="course-grade",
+        description="Run submitted notebooks and write a report of every exercise verdict. "
+                    "This runs the students' code: use a throwaway environment.")
+    parser.add_argument("submissions", nargs="+",
+                        help="notebooks, or folders searched for *.ipynb")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="folder for report.csv, report.md and executed/")
+    parser.add_argument("--cell-timeout", type=float, default=300,
+                        help="seconds one cell may run (default 300)")
+    parser.add_argument("--timeout", type=float, default=1800,
+                        help="seconds one notebook may run (default 1800)")
+    parser.add_argument("--reference", action="append", default=[], type=Path,
+                        help="solved notebooks (e.g. solutions/) whose stored verdicts "
+                             "list every exercise; may be repeated")
+    parser.add_argument("--kernel", default="python3", help="kernel name (default python3)")
+    args = parser.parse_args(argv)
+    if args.cell_timeout <= 0 or args.timeout <= 0:
+        parser.error("timeouts must be positive numbers of seconds")
+    try:
+        notebooks = find_notebooks(args.submissions)
+        expected = expected_exercises(args.reference) if args.reference else None
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    if not notebooks:
+        parser.error("no notebooks found in " + " ".join(args.submissions))
+    out = args.out.resolve()
+    inside = [name for path, name in notebooks if out in path.parents]
+    if inside:
+        parser.error(f"--out must not contain the submissions ({inside[0]})")
+    results = []
+    for path, name in notebooks:
+        print(f"grading {name} ...", flush=True)
+        result = grade_notebook(path, name, cell_timeout=args.cell_timeout,
+                                timeout=args.timeout, kernel_name=args.kernel,
+                                executed_copy=out / "executed" / name,
+                                kernel_log=out / "executed" / f"{name}.kernel.log")
+        passed = sum(v == "PASSED" for v in result.verdicts.values())
+        print(f"  {result.status}; {passed} passed; {result.seconds:.1f} s", flush=True)
+        results.append(result)
+    write_report(results, out, expected, cell_timeout=args.cell_timeout, timeout=args.timeout)
+    print(f"wrote {out / 'report.csv'} and {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
