@@ -73,7 +73,9 @@ def badge_line(folder: str, name: str, settings: dict[str, str]) -> str:
 
 def colab_cell_source(settings: dict[str, str]) -> str:
     """The exact source of every notebook's first code cell."""
-    return COLAB_CELL.format(**settings)
+    # str.replace, not str.format: the cell's own code contains braces.
+    return (COLAB_CELL.replace("{repository}", settings["repository"])
+            .replace("{branch}", settings["branch"]))
 
 
 def stub_code(source: str, where: str = "") -> str:
