@@ -1,0 +1,324 @@
+"""Checkers of lesson 03_vmap_grad: the reference passes, a stub is NOT ATTEMPTED, and typical
+wrong answers FAIL with a message that says what is wrong."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from utils.checks import lesson03_vmap_grad as check
+from utils.exercises import VERDICT_LINE
+
+
+def _stub(*args):
+    raise NotImplementedError("not written yet")
+
+
+def _run(capsys, checker, fn):
+    """Run one checker; return (its single printed line, the function it returned)."""
+    use = checker(fn)
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, f"expected exactly one verdict line, got:\n{out}"
+    assert VERDICT_LINE.match(lines[0]), lines[0]
+    assert "Traceback" not in out
+    return lines[0], use
+
+
+def _expect_failed(capsys, checker, name, wrong, says):
+    line, use = _run(capsys, checker, wrong)
+    assert line.startswith(f"FAILED {name}:"), line
+    assert says in line, line
+    assert "Hint:" in line
+    assert use is not wrong
+    return line
+
+
+CHECKERS = {
+    "pairwise_distances": (check.pairwise_distances, check.reference_pairwise_distances),
+    "global_norm": (check.global_norm, check.reference_global_norm),
+    "mse_with_aux": (check.mse_with_aux, check.reference_mse_with_aux),
+    "per_example_grads": (check.per_example_grads, check.reference_per_example_grads),
+    "numerical_grad": (check.numerical_grad, check.reference_numerical_grad),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHECKERS))
+def test_reference_passes_and_is_returned(capsys, name):
+    checker, reference = CHECKERS[name]
+    line, use = _run(capsys, checker, reference)
+    assert line.startswith(f"PASSED {name}:"), line
+    assert use is reference
+
+
+@pytest.mark.parametrize("name", sorted(CHECKERS))
+def test_stub_is_not_attempted_and_reference_is_returned(capsys, name):
+    checker, reference = CHECKERS[name]
+    line, use = _run(capsys, checker, _stub)
+    assert line.startswith(f"NOT ATTEMPTED {name}:"), line
+    assert "Hint:" in line
+    assert use is reference
+
+
+# ---- the lesson's building blocks ------------------------------------------------------
+
+def test_distance_and_example_loss_match_numpy():
+    a, b = np.array([1.0, 2.0, 2.0], np.float32), np.zeros(3, np.float32)
+    assert float(check.distance(a, b)) == pytest.approx(3.0)
+    params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array(0.5)}
+    x, y = jnp.array([3.0, 1.0]), jnp.array(2.0)
+    assert float(check.example_loss(params, x, y)) == pytest.approx((3 - 2 + 0.5 - 2) ** 2)
+
+
+# ---- pairwise_distances -------------------------------------------------------------------
+
+def test_reference_pairwise_distances_matches_numpy():
+    rng = np.random.default_rng(0)
+    xs, ys = rng.standard_normal((4, 3)), rng.standard_normal((6, 3))
+    expected = np.linalg.norm(xs[:, None, :] - ys[None, :, :], axis=-1)
+    got = check.reference_pairwise_distances(jnp.asarray(xs, jnp.float32),
+                                             jnp.asarray(ys, jnp.float32))
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_pairwise_by_broadcasting_passes(capsys):
+    def broadcast(xs, ys):  # manual batching is vectorised too: no loop in the jaxpr
+        return jnp.sqrt(jnp.sum((xs[:, None, :] - ys[None, :, :]) ** 2, axis=-1))
+
+    line, use = _run(capsys, check.pairwise_distances, broadcast)
+    assert line.startswith("PASSED pairwise_distances:"), line
+    assert "does not grow" in line
+    assert use is broadcast
+
+
+def _pairwise_list_comprehension(xs, ys):
+    return jnp.stack([jax.vmap(check.distance, in_axes=(None, 0))(x, ys) for x in xs])
+
+
+def _pairwise_loop_over_ys(xs, ys):
+    return jnp.stack([jax.vmap(check.distance, in_axes=(0, None))(xs, y) for y in ys], axis=1)
+
+
+def _pairwise_for_loop(xs, ys):
+    out = jnp.zeros((xs.shape[0], ys.shape[0]))
+    for i in range(xs.shape[0]):
+        for j in range(ys.shape[0]):
+            out = out.at[i, j].set(check.distance(xs[i], ys[j]))
+    return out
+
+
+@jax.jit
+def _pairwise_loop_inside_jit(xs, ys):
+    return jnp.stack([jnp.stack([check.distance(x, y) for y in ys]) for x in xs])
+
+
+def _pairwise_single_vmap(xs, ys):
+    return jax.vmap(check.distance)(xs, ys)
+
+
+def _pairwise_squared(xs, ys):
+    return jax.vmap(jax.vmap(lambda a, b: jnp.sum((a - b) ** 2), (None, 0)), (0, None))(xs, ys)
+
+
+def _pairwise_transposed(xs, ys):
+    return jax.vmap(jax.vmap(check.distance, (0, None)), (None, 0))(xs, ys)
+
+
+@pytest.mark.parametrize(("wrong", "says"), [
+    (_pairwise_list_comprehension, "9 rows of xs: it grows with the batch"),
+    (_pairwise_loop_over_ys, "9 rows of ys: it grows with the batch"),
+    (_pairwise_for_loop, "it grows with the batch"),
+    (_pairwise_loop_inside_jit, "Python loop"),
+    (_pairwise_single_vmap, "your function raised ValueError"),
+    (_pairwise_squared, "differs from the reference"),
+    (_pairwise_transposed, "has shape (5, 3) but expected (3, 5)"),
+])
+def test_pairwise_wrong_answers_fail(capsys, wrong, says):
+    _expect_failed(capsys, check.pairwise_distances, "pairwise_distances", wrong, says)
+
+
+# ---- global_norm ---------------------------------------------------------------------------
+
+def test_reference_global_norm_matches_numpy():
+    tree = {"a": jnp.array([3.0, 0.0]), "b": [jnp.array([[4.0]]), jnp.array(12.0)]}
+    assert float(check.reference_global_norm(tree)) == pytest.approx(13.0)
+
+
+def _norm_first_leaf(tree):
+    return jnp.linalg.norm(jax.tree.leaves(tree)[0])
+
+
+def _norm_sum_of_norms(tree):
+    return sum(jnp.linalg.norm(leaf) for leaf in jax.tree.leaves(tree))
+
+
+def _norm_no_sqrt(tree):
+    return sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(tree))
+
+
+def _norm_per_leaf(tree):
+    return jax.tree.map(lambda leaf: jnp.sqrt(jnp.sum(leaf**2)), tree)
+
+
+def _norm_python_float(tree):
+    return float(np.sqrt(sum(np.sum(np.asarray(leaf) ** 2) for leaf in jax.tree.leaves(tree))))
+
+
+@pytest.mark.parametrize(("wrong", "says"), [
+    (_norm_first_leaf, "but the expected value is"),
+    (_norm_sum_of_norms, "but the expected value is"),
+    (_norm_no_sqrt, "but the expected value is"),
+    (_norm_per_leaf, "it should return one number"),
+    (_norm_python_float, "it should return one number"),
+])
+def test_global_norm_wrong_answers_fail(capsys, wrong, says):
+    _expect_failed(capsys, check.global_norm, "global_norm", wrong, says)
+
+
+# ---- mse_with_aux --------------------------------------------------------------------------
+
+def _errors(params, xs, ys):
+    return xs @ params["w"] + params["b"] - ys
+
+
+def _aux_swapped(params, xs, ys):
+    e = _errors(params, xs, ys)
+    return {"mae": jnp.mean(jnp.abs(e))}, jnp.mean(e**2)
+
+
+def _aux_missing(params, xs, ys):
+    return jnp.mean(_errors(params, xs, ys) ** 2)
+
+
+def _aux_per_example_loss(params, xs, ys):
+    e = _errors(params, xs, ys)
+    return e**2, {"mae": jnp.mean(jnp.abs(e))}
+
+
+def _aux_sum_not_mean(params, xs, ys):
+    e = _errors(params, xs, ys)
+    return jnp.sum(e**2), {"mae": jnp.mean(jnp.abs(e))}
+
+
+def _aux_not_a_dict(params, xs, ys):
+    e = _errors(params, xs, ys)
+    return jnp.mean(e**2), jnp.mean(jnp.abs(e))
+
+
+def _aux_wrong_mae(params, xs, ys):
+    e = _errors(params, xs, ys)
+    return jnp.mean(e**2), {"mae": jnp.sqrt(jnp.mean(e**2))}
+
+
+@pytest.mark.parametrize(("wrong", "says"), [
+    (_aux_swapped, "the first element of the pair is a dict"),
+    (_aux_missing, "returned an array of shape (); with has_aux=True it must return a pair"),
+    (_aux_per_example_loss, "the loss has shape (8,)"),
+    (_aux_sum_not_mean, "the loss differs from the reference"),
+    (_aux_not_a_dict, "it should be a dict with the key 'mae'"),
+    (_aux_wrong_mae, "aux['mae'] differs from the reference"),
+])
+def test_mse_with_aux_wrong_answers_fail(capsys, wrong, says):
+    _expect_failed(capsys, check.mse_with_aux, "mse_with_aux", wrong, says)
+
+
+# ---- per_example_grads ---------------------------------------------------------------------
+
+def _grads_mean_broadcast(params, xs, ys):
+    def mean_loss(p):
+        return jnp.mean(jax.vmap(check.example_loss, (None, 0, 0))(p, xs, ys))
+
+    g = jax.grad(mean_loss)(params)
+    return jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (xs.shape[0], *leaf.shape)), g)
+
+
+def _grads_of_summed_loss(params, xs, ys):
+    def total_loss(p):
+        return jnp.sum(jax.vmap(check.example_loss, (None, 0, 0))(p, xs, ys))
+
+    return jax.grad(total_loss)(params)
+
+
+def _grads_python_loop(params, xs, ys):
+    grads = [jax.grad(check.example_loss)(params, x, y) for x, y in zip(xs, ys, strict=True)]
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *grads)
+
+
+def _grads_wrt_x(params, xs, ys):
+    return jax.vmap(jax.grad(check.example_loss, argnums=1), (None, 0, 0))(params, xs, ys)
+
+
+def _grads_params_mapped(params, xs, ys):
+    return jax.vmap(jax.grad(check.example_loss), in_axes=(0, 0, 0))(params, xs, ys)
+
+
+@pytest.mark.parametrize(("wrong", "says"), [
+    (_grads_mean_broadcast, "of example 0 differs from jax.grad(example_loss)"),
+    (_grads_of_summed_loss, "has shape (3,) but expected (5, 3)"),
+    (_grads_python_loop, "it grows with the batch"),
+    (_grads_wrt_x, "expected a dict with the same keys as params"),
+    (_grads_params_mapped, "your function raised ValueError"),
+])
+def test_per_example_grads_wrong_answers_fail(capsys, wrong, says):
+    _expect_failed(capsys, check.per_example_grads, "per_example_grads", wrong, says)
+
+
+# ---- numerical_grad ------------------------------------------------------------------------
+
+def test_reference_numerical_grad_close_to_exact_in_float32():
+    f = lambda x: jnp.sum(jnp.exp(x)) + x[0] * x[1]
+    x = jnp.array([0.3, -0.5, 1.0], jnp.float32)
+    got = check.reference_numerical_grad(f, x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(jax.grad(f)(x)), atol=5e-4)
+
+
+def _basis(x):
+    return jnp.eye(x.size, dtype=x.dtype).reshape((x.size, *x.shape))
+
+
+def _fd_forward(f, x, eps=1e-2):
+    return jax.vmap(lambda e: (f(x + eps * e) - f(x)) / eps)(_basis(x)).reshape(x.shape)
+
+
+def _fd_one_eps(f, x, eps=1e-2):
+    return jax.vmap(lambda e: (f(x + eps * e) - f(x - eps * e)) / eps)(_basis(x)).reshape(x.shape)
+
+
+def _fd_flat_only(f, x, eps=1e-2):  # forgets to reshape: shape (n,) for a 2-D x
+    return jax.vmap(lambda e: (f(x + eps * e) - f(x - eps * e)) / (2 * eps))(_basis(x))
+
+
+def _fd_uses_autodiff(f, x, eps=1e-2):
+    return jax.grad(f)(x)
+
+
+def _fd_python_loop_forward(f, x, eps=1e-2):
+    flat = x.reshape(-1)
+    unflat = lambda v: v.reshape(x.shape)
+    slopes = [(f(unflat(flat.at[i].add(eps))) - f(x)) / eps for i in range(flat.size)]
+    return jnp.stack(slopes).reshape(x.shape)
+
+
+@pytest.mark.parametrize(("wrong", "says"), [
+    (_fd_forward, "A one-sided (forward) difference has an error proportional to eps"),
+    (_fd_python_loop_forward, "above the float32 tolerance"),
+    (_fd_one_eps, "times the exact one"),
+    (_fd_flat_only, "has shape (6,) but expected (2, 3)"),
+    (_fd_uses_autodiff, "finite differences must only evaluate f"),
+])
+def test_numerical_grad_wrong_answers_fail(capsys, wrong, says):
+    _expect_failed(capsys, check.numerical_grad, "numerical_grad", wrong, says)
+
+
+def test_numerical_grad_python_loop_central_passes(capsys):
+    def loop_central(f, x, eps=1e-2):
+        flat = x.reshape(-1)
+        unflat = lambda v: v.reshape(x.shape)
+        slopes = [(f(unflat(flat.at[i].add(eps))) - f(unflat(flat.at[i].add(-eps)))) / (2 * eps)
+                  for i in range(flat.size)]
+        return jnp.stack(slopes).reshape(x.shape)
+
+    line, _ = _run(capsys, check.numerical_grad, loop_central)
+    assert line.startswith("PASSED numerical_grad:"), line
