@@ -1,0 +1,336 @@
+"""Checkers of lesson 02_jit: the reference passes, a stub is NOT ATTEMPTED, and typical
+wrong answers FAIL with a message that says what is wrong."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from utils.checks import lesson02_jit as check
+from utils.exercises import VERDICT_LINE
+
+
+def _stub(*args):
+    raise NotImplementedError("not written yet")
+
+
+def _run(capsys, checker, fn):
+    """Run one checker; return (its single printed line, the function it returned)."""
+    use = checker(fn)
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, f"expected exactly one verdict line, got:\n{out}"
+    assert VERDICT_LINE.match(lines[0]), lines[0]
+    assert "Traceback" not in out
+    return lines[0], use
+
+
+CHECKERS = {
+    "huber": (check.huber, check.reference_huber),
+    "make_sgd_step": (check.make_sgd_step, check.reference_make_sgd_step),
+    "ema": (check.ema, check.reference_ema),
+    "pad_to_bucket": (check.pad_to_bucket, check.reference_pad_to_bucket),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHECKERS))
+def test_reference_passes_and_is_returned(capsys, name):
+    checker, reference = CHECKERS[name]
+    line, use = _run(capsys, checker, reference)
+    assert line.startswith(f"PASSED {name}:"), line
+    assert use is reference
+
+
+@pytest.mark.parametrize("name", sorted(CHECKERS))
+def test_passed_line_is_the_same_every_run(capsys, name):
+    # nbval compares the printed verdicts: random inputs must not change the PASSED line
+    checker, reference = CHECKERS[name]
+    first, _ = _run(capsys, checker, reference)
+    second, _ = _run(capsys, checker, reference)
+    assert first == second
+
+
+@pytest.mark.parametrize("name", sorted(CHECKERS))
+def test_stub_is_not_attempted_and_reference_is_returned(capsys, name):
+    checker, reference = CHECKERS[name]
+    line, use = _run(capsys, checker, _stub)
+    assert line.startswith(f"NOT ATTEMPTED {name}:"), line
+    assert "Hint:" in line
+    assert use is reference
+
+
+def _expect_failed(capsys, checker, fn, name, *fragments):
+    line, use = _run(capsys, checker, fn)
+    assert line.startswith(f"FAILED {name}:"), line
+    for fragment in fragments:
+        assert fragment in line, line
+    assert use is not fn
+    return line
+
+
+# ---- reference values -----------------------------------------------------------------
+
+def test_reference_huber_values():
+    x = jnp.array([-3.0, -1.0, 0.0, 0.5, 2.0])
+    np.testing.assert_allclose(check.reference_huber(x, 1.0), [2.5, 0.5, 0.0, 0.125, 1.5])
+
+
+def test_reference_ema_values():
+    np.testing.assert_allclose(check.reference_ema(jnp.array([1.0, 1.0, 0.0, 4.0]), 0.5),
+                               [0.5, 0.75, 0.375, 2.1875])
+
+
+def test_reference_pad_to_bucket_values():
+    padded, mask = check.reference_pad_to_bucket(jnp.ones((5, 2)), 4)
+    assert padded.shape == (8, 2) and mask.tolist() == [True] * 5 + [False] * 3
+    assert float(padded[5:].sum()) == 0.0
+    padded, mask = check.reference_pad_to_bucket(jnp.ones(8), 4)
+    assert padded.shape == (8,) and bool(mask.all())
+
+
+def test_reference_sgd_step_is_one_gradient_step():
+    step = check.reference_make_sgd_step()
+    w, x, y = jnp.zeros(2), jnp.array([[1.0, 0.0], [0.0, 2.0]]), jnp.array([1.0, 2.0])
+    # gradient of 0.5 * mean((x @ w - y)^2) at w = 0 is -x.T @ y / 2 = [-0.5, -2]
+    np.testing.assert_allclose(step(w, x, y, 0.1), [0.05, 0.2])
+
+
+# ---- huber ----------------------------------------------------------------------------
+
+def huber_python_if(x, delta):
+    if jnp.abs(x) <= delta:
+        return 0.5 * x**2
+    return delta * (jnp.abs(x) - 0.5 * delta)
+
+
+def huber_float_delta(x, delta):
+    d = float(delta)
+    return jnp.where(jnp.abs(x) <= d, 0.5 * x**2, d * (jnp.abs(x) - 0.5 * d))
+
+
+def huber_forgot_abs(x, delta):
+    return jnp.where(x <= delta, 0.5 * x**2, delta * (jnp.abs(x) - 0.5 * delta))
+
+
+def huber_lax_cond(x, delta):
+    return lax.cond(jnp.abs(x) <= delta, lambda: 0.5 * x**2,
+                    lambda: delta * (jnp.abs(x) - 0.5 * delta))
+
+
+def test_huber_python_if_fails_as_not_traceable(capsys):
+    _expect_failed(capsys, check.huber, huber_python_if, "huber",
+                   "cannot be traced", "TracerBoolConversionError")
+
+
+def test_huber_float_of_traced_delta_fails(capsys):
+    _expect_failed(capsys, check.huber, huber_float_delta, "huber",
+                   "cannot be traced", "ConcretizationTypeError")
+
+
+def test_huber_wrong_values_fail(capsys):
+    _expect_failed(capsys, check.huber, huber_forgot_abs, "huber", "differs from the reference")
+
+
+def test_huber_lax_cond_on_arrays_fails(capsys):
+    # lax.cond works for a scalar but needs a scalar predicate: arrays fail
+    _expect_failed(capsys, check.huber, huber_lax_cond, "huber", "your function raised")
+
+
+# ---- make_sgd_step --------------------------------------------------------------------
+
+def _sgd(w, x, y, lr):
+    return w - lr * x.T @ (x @ w - y) / x.shape[0]
+
+
+def make_static_lr():
+    def step(w, x, y, lr):
+        return _sgd(w, x, y, lr)
+
+    return jax.jit(step, static_argnames="lr")
+
+
+def make_static_lr_by_position():
+    return functools.partial(jax.jit, static_argnums=3)(lambda w, x, y, lr: _sgd(w, x, y, lr))
+
+
+def make_float_lr():
+    def step(w, x, y, lr):
+        return _sgd(w, x, y, float(lr))
+
+    return jax.jit(step)
+
+
+def make_not_jitted():
+    return _sgd
+
+
+def make_wrong_gradient():
+    return jax.jit(lambda w, x, y, lr: w - lr * x.T @ (x @ w - y))  # forgot / n
+
+
+def test_sgd_static_lr_fails_on_recompilation(capsys):
+    line = _expect_failed(capsys, check.make_sgd_step, make_static_lr, "make_sgd_step",
+                          "compiled 6 times for 6 calls", "static")
+    assert "learning rate" in line
+
+
+def test_sgd_static_lr_by_position_fails(capsys):
+    _expect_failed(capsys, check.make_sgd_step, make_static_lr_by_position, "make_sgd_step",
+                   "compiled 6 times")
+
+
+def test_sgd_python_float_fails_as_not_traceable(capsys):
+    _expect_failed(capsys, check.make_sgd_step, make_float_lr, "make_sgd_step",
+                   "cannot be traced", "ConcretizationTypeError")
+
+
+def test_sgd_not_jitted_fails(capsys):
+    _expect_failed(capsys, check.make_sgd_step, make_not_jitted, "make_sgd_step", "not jitted")
+
+
+def test_sgd_wrong_values_fail(capsys):
+    _expect_failed(capsys, check.make_sgd_step, make_wrong_gradient, "make_sgd_step",
+                   "differs from the reference")
+
+
+def test_sgd_reference_passes_again_after_its_shapes_were_compiled(capsys):
+    # the second check must not be fooled or broken by JAX's compilation cache
+    for _ in range(2):
+        line, _ = _run(capsys, check.make_sgd_step, check.reference_make_sgd_step)
+        assert line.startswith("PASSED make_sgd_step:")
+
+
+# ---- ema ------------------------------------------------------------------------------
+
+def ema_python_loop(xs, decay):
+    m, out = jnp.zeros_like(xs[0]), []
+    for x in xs:
+        m = decay * m + (1 - decay) * x
+        out.append(m)
+    return jnp.stack(out)
+
+
+def ema_at_set_loop(xs, decay):
+    ms, m = jnp.zeros_like(xs), jnp.zeros_like(xs[0])
+    for t in range(xs.shape[0]):
+        m = decay * m + (1 - decay) * xs[t]
+        ms = ms.at[t].set(m)
+    return ms
+
+
+def ema_starts_from_first(xs, decay):
+    def step(m, x):
+        m = decay * m + (1 - decay) * x
+        return m, m
+
+    return lax.scan(step, xs[0], xs)[1]
+
+
+def ema_python_if_on_decay(xs, decay):
+    if decay > 0.5:
+        decay = decay * 1.0
+    return check.reference_ema(xs, decay)
+
+
+def ema_fori_loop(xs, decay):
+    def body(t, carry):
+        m, ms = carry
+        m = decay * m + (1 - decay) * xs[t]
+        return m, ms.at[t].set(m)
+
+    return lax.fori_loop(0, xs.shape[0], body, (jnp.zeros_like(xs[0]), jnp.zeros_like(xs)))[1]
+
+
+def test_ema_python_loop_fails_on_jaxpr_growth(capsys):
+    _expect_failed(capsys, check.ema, ema_python_loop, "ema",
+                   "equations for 8 steps but", "lax.scan")
+
+
+def test_ema_at_set_loop_fails_on_jaxpr_growth(capsys):
+    _expect_failed(capsys, check.ema, ema_at_set_loop, "ema", "equations for 8 steps but")
+
+
+def test_ema_wrong_start_fails(capsys):
+    _expect_failed(capsys, check.ema, ema_starts_from_first, "ema", "differs from the reference")
+
+
+def test_ema_python_if_fails(capsys):
+    _expect_failed(capsys, check.ema, ema_python_if_on_decay, "ema", "cannot be traced")
+
+
+def test_ema_fori_loop_is_accepted(capsys):
+    line, use = _run(capsys, check.ema, ema_fori_loop)
+    assert line.startswith("PASSED ema:"), line
+    assert use is ema_fori_loop
+
+
+# ---- pad_to_bucket --------------------------------------------------------------------
+
+def pad_always_one_more_bucket(x, bucket):
+    n = x.shape[0]
+    m = (n // bucket + 1) * bucket
+    return jnp.pad(x, [(0, m - n)] + [(0, 0)] * (x.ndim - 1)), jnp.arange(m) < n
+
+
+def pad_with_edge_values(x, bucket):
+    n = x.shape[0]
+    m = bucket * math.ceil(n / bucket)
+    return (jnp.pad(x, [(0, m - n)] + [(0, 0)] * (x.ndim - 1), mode="edge"),
+            jnp.arange(m) < n)
+
+
+def pad_mask_all_true(x, bucket):
+    padded, mask = check.reference_pad_to_bucket(x, bucket)
+    return padded, jnp.ones_like(mask)
+
+
+def pad_mask_as_float(x, bucket):
+    padded, mask = check.reference_pad_to_bucket(x, bucket)
+    return padded, mask.astype(jnp.float32)
+
+
+def pad_returns_only_padded(x, bucket):
+    return check.reference_pad_to_bucket(x, bucket)[0]
+
+
+def test_pad_one_bucket_too_many_fails(capsys):
+    _expect_failed(capsys, check.pad_to_bucket, pad_always_one_more_bucket, "pad_to_bucket",
+                   "has shape")
+
+
+def test_pad_with_edge_values_fails(capsys):
+    _expect_failed(capsys, check.pad_to_bucket, pad_with_edge_values, "pad_to_bucket",
+                   "not all zeros")
+
+
+def test_pad_mask_all_true_fails(capsys):
+    _expect_failed(capsys, check.pad_to_bucket, pad_mask_all_true, "pad_to_bucket",
+                   "False for the padding")
+
+
+def test_pad_mask_dtype_fails(capsys):
+    _expect_failed(capsys, check.pad_to_bucket, pad_mask_as_float, "pad_to_bucket",
+                   "dtype float32 but expected bool")
+
+
+def test_pad_single_output_fails(capsys):
+    _expect_failed(capsys, check.pad_to_bucket, pad_returns_only_padded, "pad_to_bucket",
+                   "expected a tuple")
+
+
+def test_pad_numpy_implementation_is_accepted(capsys):
+    def pad_numpy(x, bucket):
+        x = np.asarray(x)
+        m = -(-x.shape[0] // bucket) * bucket
+        out = np.zeros((m, *x.shape[1:]), x.dtype)
+        out[: x.shape[0]] = x
+        return out, np.arange(m) < x.shape[0]
+
+    line, _ = _run(capsys, check.pad_to_bucket, pad_numpy)
+    assert line.startswith("PASSED pad_to_bucket:"), line
