@@ -1,0 +1,206 @@
+"""Checkers of lesson 01_gpu_basics: the reference passes, a stub is NOT ATTEMPTED, and typical
+wrong answers FAIL with a message that says what is wrong."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from utils.checks import lesson01_gpu_basics as check
+from utils.exercises import VERDICT_LINE
+
+
+def _stub(*args):
+    raise NotImplementedError("not written yet")
+
+
+def _run(capsys, checker, fn):
+    """Run one checker; return (its single printed line, the function it returned)."""
+    use = checker(fn)
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, f"expected exactly one verdict line, got:\n{out}"
+    assert VERDICT_LINE.match(lines[0]), lines[0]
+    assert "Traceback" not in out
+    return lines[0], use
+
+
+def _fails(capsys, checker, name, fn, *fragments):
+    line, use = _run(capsys, checker, fn)
+    assert line.startswith(f"FAILED {name}:"), line
+    for fragment in fragments:
+        assert fragment in line, line
+    assert "Hint:" in line and "continues with the reference" in line
+    assert use is not fn
+    return line
+
+
+CHECKERS = {
+    "matmul_flops": (check.matmul_flops, check.reference_matmul_flops),
+    "matmul_bytes": (check.matmul_bytes, check.reference_matmul_bytes),
+    "time_call": (check.time_call, check.reference_time_call),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHECKERS))
+def test_reference_passes_and_is_returned(capsys, name):
+    checker, reference = CHECKERS[name]
+    line, use = _run(capsys, checker, reference)
+    assert line.startswith(f"PASSED {name}:"), line
+    assert use is reference
+
+
+@pytest.mark.parametrize("name", sorted(CHECKERS))
+def test_stub_is_not_attempted_and_reference_is_returned(capsys, name):
+    checker, reference = CHECKERS[name]
+    line, use = _run(capsys, checker, _stub)
+    assert line.startswith(f"NOT ATTEMPTED {name}:"), line
+    assert "Hint:" in line
+    assert use is reference
+
+
+@pytest.mark.parametrize("name", sorted(CHECKERS))
+def test_a_crashing_answer_fails_in_one_line(capsys, name):
+    checker, _ = CHECKERS[name]
+
+    def crashes(*args):
+        return 1 / 0
+
+    _fails(capsys, checker, name, crashes, "ZeroDivisionError")
+
+
+# ---- matmul_flops ---------------------------------------------------------------------
+
+def test_reference_values():
+    assert check.reference_matmul_flops(2, 3, 4) == 48
+    assert check.reference_matmul_bytes(2, 3, 4) == 4 * (6 + 12 + 8)
+
+
+def test_matmul_flops_other_correct_forms_pass(capsys):
+    line, _ = _run(capsys, check.matmul_flops, lambda n, k, m: float(2 * n * k * m))
+    assert line.startswith("PASSED"), line
+    line, _ = _run(capsys, check.matmul_flops, lambda n, k, m: np.int64(n) * k * m * 2)
+    assert line.startswith("PASSED"), line
+
+
+def test_matmul_flops_rejects_forgetting_the_factor_two(capsys):
+    _fails(capsys, check.matmul_flops, "matmul_flops", lambda n, k, m: n * k * m,
+           "multiplies only")
+
+
+def test_matmul_flops_rejects_assuming_square_matrices(capsys):
+    _fails(capsys, check.matmul_flops, "matmul_flops", lambda n, k, m: 2 * n**3,
+           "square")
+
+
+def test_matmul_flops_rejects_int32_overflow(capsys):
+    def int32(n, k, m):
+        with np.errstate(over="ignore"):
+            return int(np.int32(2) * np.int32(n) * np.int32(k) * np.int32(m))
+
+    _fails(capsys, check.matmul_flops, "matmul_flops", int32, "overflow")
+
+
+def test_matmul_flops_rejects_an_array_or_a_fraction(capsys):
+    _fails(capsys, check.matmul_flops, "matmul_flops", lambda n, k, m: np.array([2 * n * k * m]),
+           "array of shape (1,)")
+    _fails(capsys, check.matmul_flops, "matmul_flops", lambda n, k, m: 2 * n * k * m + 0.5,
+           "not a whole number")
+
+
+# ---- matmul_bytes ---------------------------------------------------------------------
+
+def test_matmul_bytes_rejects_leaving_out_the_output(capsys):
+    _fails(capsys, check.matmul_bytes, "matmul_bytes", lambda n, k, m: 4 * (n * k + k * m),
+           "leaves out the output")
+
+
+def test_matmul_bytes_rejects_bits(capsys):
+    _fails(capsys, check.matmul_bytes, "matmul_bytes",
+           lambda n, k, m: 32 * (n * k + k * m + n * m), "bits")
+
+
+def test_matmul_bytes_rejects_counting_elements(capsys):
+    _fails(capsys, check.matmul_bytes, "matmul_bytes", lambda n, k, m: n * k + k * m + n * m,
+           "number of elements")
+
+
+def test_matmul_bytes_rejects_square_assumption(capsys):
+    _fails(capsys, check.matmul_bytes, "matmul_bytes", lambda n, k, m: 12 * n * n, "square")
+
+
+# ---- time_call ------------------------------------------------------------------------
+
+def _no_block(fn, *args):
+    jax.block_until_ready(fn(*args))
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def _no_warm_up(fn, *args):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start
+
+
+def _milliseconds(fn, *args):
+    return 1000 * check.reference_time_call(fn, *args)
+
+
+def test_time_call_rejects_not_waiting_for_the_result(capsys):
+    _fails(capsys, check.time_call, "time_call", _no_block, "asynchronous dispatch")
+
+
+def test_time_call_rejects_timing_the_compilation(capsys):
+    _fails(capsys, check.time_call, "time_call", _no_warm_up, "first call")
+
+
+def test_time_call_rejects_milliseconds(capsys):
+    _fails(capsys, check.time_call, "time_call", _milliseconds, "milliseconds")
+
+
+def test_time_call_rejects_ignoring_the_arguments(capsys):
+    def no_args(fn, *args):
+        jax.block_until_ready(fn())
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        return time.perf_counter() - start
+
+    _fails(capsys, check.time_call, "time_call", no_args, "arguments")
+
+
+def test_time_call_rejects_a_non_number(capsys):
+    _fails(capsys, check.time_call, "time_call", lambda fn, *a: str(_no_warm_up(fn, *a)),
+           "number of seconds")
+
+
+def test_time_call_accepts_other_ways_to_wait(capsys):
+    def method_and_benchmark(fn, *args):
+        fn(*args).block_until_ready()
+        start = time.perf_counter()
+        np.asarray(fn(*args))
+        return time.perf_counter() - start
+
+    line, _ = _run(capsys, check.time_call, method_and_benchmark)
+    assert line.startswith("PASSED"), line
+
+    from utils.timing import benchmark
+
+    line, _ = _run(capsys, check.time_call,
+                   lambda fn, *args: benchmark(fn, *args, repeats=3).median_s)
+    assert line.startswith("PASSED"), line
+
+
+def test_reference_time_call_waits_for_a_real_jax_computation():
+    """The simulated device models JAX: a jitted matmul returns before its result is ready."""
+    matmul = jax.jit(jnp.matmul)
+    a = jnp.ones((1024, 1024), jnp.float32)
+    honest = check.reference_time_call(matmul, a, a)
+    naive = min(_no_block(matmul, a, a) for _ in range(3))
+    assert honest > 0
+    assert naive < honest
