@@ -1,0 +1,174 @@
+"""Checkers of lesson 00_setup: the reference passes, a stub is NOT ATTEMPTED, and typical
+wrong answers FAIL with a message that says what is wrong."""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from utils.checks import lesson00_setup as check
+from utils.exercises import VERDICT_LINE
+
+
+def _stub(*args):
+    raise NotImplementedError("not written yet")
+
+
+def _run(capsys, checker, fn):
+    """Run one checker; return (its single printed line, the function it returned)."""
+    use = checker(fn)
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, f"expected exactly one verdict line, got:\n{out}"
+    assert VERDICT_LINE.match(lines[0]), lines[0]
+    assert "Traceback" not in out
+    return lines[0], use
+
+
+CHECKERS = {
+    "array_nbytes": (check.array_nbytes, check.reference_array_nbytes),
+    "to_unit_float": (check.to_unit_float, check.reference_to_unit_float),
+    "class_counts": (check.class_counts, check.reference_class_counts),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHECKERS))
+def test_reference_passes_and_is_returned(capsys, name):
+    checker, reference = CHECKERS[name]
+    line, use = _run(capsys, checker, reference)
+    assert line.startswith(f"PASSED {name}:"), line
+    assert use is reference
+
+
+@pytest.mark.parametrize("name", sorted(CHECKERS))
+def test_stub_is_not_attempted_and_reference_is_returned(capsys, name):
+    checker, reference = CHECKERS[name]
+    line, use = _run(capsys, checker, _stub)
+    assert line.startswith(f"NOT ATTEMPTED {name}:"), line
+    assert "Hint:" in line
+    assert use is reference
+
+
+# ---- array_nbytes ---------------------------------------------------------------------
+
+def _nbytes_elements(shape, dtype):
+    return math.prod(shape)
+
+
+def _nbytes_bits(shape, dtype):
+    return math.prod(shape) * jnp.dtype(dtype).itemsize * 8
+
+
+def _nbytes_always_4(shape, dtype):
+    return math.prod(shape) * 4
+
+
+def _nbytes_ndim(shape, dtype):
+    return len(shape) * jnp.dtype(dtype).itemsize
+
+
+def _nbytes_as_string(shape, dtype):
+    return str(math.prod(shape) * jnp.dtype(dtype).itemsize)
+
+
+@pytest.mark.parametrize(("wrong", "says"), [
+    (_nbytes_elements, "number of elements"),
+    (_nbytes_bits, "number of bits"),
+    (_nbytes_always_4, "4 bytes per element"),
+    (_nbytes_ndim, "returned"),
+    (_nbytes_as_string, "whole number of bytes"),
+])
+def test_array_nbytes_rejects_wrong_answers(capsys, wrong, says):
+    line, use = _run(capsys, check.array_nbytes, wrong)
+    assert line.startswith("FAILED array_nbytes:"), line
+    assert says in line
+    assert use is check.reference_array_nbytes
+
+
+def test_array_nbytes_accepts_other_correct_ways(capsys):
+    def via_numpy(shape, dtype):  # np.prod(()) is the float 1.0: still the right number
+        return np.prod(shape) * np.dtype(dtype).itemsize
+
+    def via_array(shape, dtype):
+        return jnp.zeros(shape, dtype).nbytes
+
+    for fn in (via_numpy, via_array):
+        line, use = _run(capsys, check.array_nbytes, fn)
+        assert line.startswith("PASSED array_nbytes:"), line
+        assert use is fn
+
+
+def test_array_nbytes_reference_values():
+    assert check.reference_array_nbytes((), jnp.float32) == 4
+    assert check.reference_array_nbytes((60000, 28, 28), jnp.uint8) == 47_040_000
+    assert check.reference_array_nbytes((4096, 4096), jnp.bfloat16) == 32 * 2**20
+    assert check.reference_array_nbytes((3, 0), jnp.float32) == 0
+
+
+# ---- to_unit_float --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("wrong", "says"), [
+    (lambda x: x.astype(jnp.float32) / 256, "255/256"),
+    (lambda x: x // 255, "dtype uint8"),
+    (lambda x: np.asarray(x) / 255, "dtype float64"),
+    (lambda x: x.astype(jnp.float32), "differs from the reference"),
+    (lambda x: x.astype(jnp.float32).reshape(-1) / 255, "shape"),
+    (lambda x: x.astype(jnp.float32) / 255 if x.ndim == 2 else x, "dtype uint8"),
+])
+def test_to_unit_float_rejects_wrong_answers(capsys, wrong, says):
+    line, use = _run(capsys, check.to_unit_float, wrong)
+    assert line.startswith("FAILED to_unit_float:"), line
+    assert says in line
+    assert use is check.reference_to_unit_float
+
+
+def test_to_unit_float_catches_code_that_breaks_under_jit(capsys):
+    def numpy_only(x):  # np.asarray of a tracer raises under jax.jit
+        return np.asarray(x).astype(np.float32) / np.float32(255)
+
+    line, _ = _run(capsys, check.to_unit_float, numpy_only)
+    assert line.startswith("FAILED to_unit_float:"), line
+    assert "your function raised" in line
+
+
+def test_to_unit_float_reference_values():
+    out = check.reference_to_unit_float(np.array([0, 51, 255], np.uint8))
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(out), [0.0, 0.2, 1.0], rtol=1e-6)
+
+
+# ---- class_counts ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(("wrong", "says"), [
+    (lambda labels, k: len(set(np.asarray(labels).tolist())), "single number"),
+    (lambda labels, k: jnp.unique(labels, return_counts=True)[1], "never occurs"),
+    (lambda labels, k: jnp.bincount(labels), "never occurs"),
+    (lambda labels, k: np.bincount(np.asarray(labels), minlength=k), "dtype int64"),
+    (lambda labels, k: jnp.bincount(labels, length=k).astype(jnp.float32), "dtype float32"),
+    (lambda labels, k: jnp.bincount(labels, length=k).at[0].set(0).astype(jnp.int32),
+     "differs from the reference"),
+])
+def test_class_counts_rejects_wrong_answers(capsys, wrong, says):
+    line, use = _run(capsys, check.class_counts, wrong)
+    assert line.startswith("FAILED class_counts:"), line
+    assert says in line
+    assert use is check.reference_class_counts
+
+
+def test_class_counts_accepts_scatter_add(capsys):
+    def scatter(labels, k):
+        return jnp.zeros(k, jnp.int32).at[jnp.asarray(labels)].add(1)
+
+    line, use = _run(capsys, check.class_counts, scatter)
+    assert line.startswith("PASSED class_counts:"), line
+    assert "jax.jit" in line
+    assert use is scatter
+
+
+def test_class_counts_reference_values():
+    out = check.reference_class_counts(np.array([0, 2, 2, 5], np.uint8), 7)
+    assert out.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(out), [1, 0, 2, 0, 0, 1, 0])
