@@ -1,0 +1,280 @@
+"""Checkers of lesson 04_mnist_mlp: the reference passes, a stub is NOT ATTEMPTED, and typical
+wrong answers FAIL with a message that says what is wrong."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from utils import training
+from utils.checks import lesson04_mnist_mlp as check
+from utils.exercises import VERDICT_LINE
+
+
+def _stub(*args, **kwargs):
+    raise NotImplementedError("not written yet")
+
+
+def _run(capsys, checker, answer):
+    """Run one checker; return (its single printed line, what it returned)."""
+    use = checker(answer)
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, f"expected exactly one verdict line, got:\n{out}"
+    assert VERDICT_LINE.match(lines[0]), lines[0]
+    assert "Traceback" not in out
+    return lines[0], use
+
+
+def _expect_failed(capsys, checker, name, wrong, says=""):
+    line, use = _run(capsys, checker, wrong)
+    assert line.startswith(f"FAILED {name}:"), line
+    assert says in line, line
+    assert "Hint:" in line
+    assert use is not wrong
+    return line
+
+
+class _MLPBase(nnx.Module):
+    """The notebook's given __init__; subclasses write __call__."""
+
+    def __init__(self, din=784, dhidden=512, dout=10, *, rngs):
+        self.hidden1 = nnx.Linear(din, dhidden, rngs=rngs)
+        self.hidden2 = nnx.Linear(dhidden, dhidden, rngs=rngs)
+        self.out = nnx.Linear(dhidden, dout, rngs=rngs)
+
+
+class StubMLP(_MLPBase):
+    def __call__(self, x):
+        raise NotImplementedError("write the forward pass")
+
+
+class StudentMLP(_MLPBase):
+    def __call__(self, x):
+        x = x.reshape(len(x), -1)
+        return self.out(nnx.relu(self.hidden2(nnx.relu(self.hidden1(x)))))
+
+
+class NoReluMLP(_MLPBase):
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        return self.out(self.hidden2(self.hidden1(x)))
+
+
+class ReluOnLogitsMLP(_MLPBase):
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        return nnx.relu(self.out(nnx.relu(self.hidden2(nnx.relu(self.hidden1(x))))))
+
+
+class NoFlattenMLP(_MLPBase):
+    def __call__(self, x):
+        return self.out(nnx.relu(self.hidden2(nnx.relu(self.hidden1(x)))))
+
+
+class OneHiddenMLP(_MLPBase):
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        return self.out(nnx.relu(self.hidden1(x)))
+
+
+REFERENCES = {
+    "MLP.__call__": (check.mlp, training.MLP),
+    "cross_entropy_loss": (check.cross_entropy_loss, training.cross_entropy_loss),
+    "accuracy": (check.accuracy, training.accuracy),
+    "shuffled_batch_indices": (check.shuffled_batch_indices, training.shuffled_batch_indices),
+    "train_step": (check.train_step, training.train_batch),
+}
+STUBS = {"MLP.__call__": StubMLP}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_reference_passes_and_is_returned(capsys, name):
+    checker, reference = REFERENCES[name]
+    line, use = _run(capsys, checker, reference)
+    assert line.startswith(f"PASSED {name}:"), line
+    assert use is reference
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_stub_is_not_attempted_and_reference_is_returned(capsys, name):
+    checker, reference = REFERENCES[name]
+    line, use = _run(capsys, checker, STUBS.get(name, _stub))
+    assert line.startswith(f"NOT ATTEMPTED {name}:"), line
+    assert use is reference
+
+
+# --- MLP.__call__ --------------------------------------------------------------------------
+
+
+def test_mlp_student_class_with_own_layout_passes(capsys):
+    line, use = _run(capsys, check.mlp, StudentMLP)
+    assert line.startswith("PASSED MLP.__call__:"), line
+    assert use is StudentMLP
+
+
+def test_mlp_without_relu_fails(capsys):
+    _expect_failed(capsys, check.mlp, "MLP.__call__", NoReluMLP, "differs from")
+
+
+def test_mlp_with_relu_on_logits_fails(capsys):
+    _expect_failed(capsys, check.mlp, "MLP.__call__", ReluOnLogitsMLP, "never negative")
+
+
+def test_mlp_without_flatten_fails(capsys):
+    _expect_failed(capsys, check.mlp, "MLP.__call__", NoFlattenMLP, "raised")
+
+
+def test_mlp_skipping_a_layer_fails(capsys):
+    _expect_failed(capsys, check.mlp, "MLP.__call__", OneHiddenMLP, "differs from")
+
+
+# --- cross_entropy_loss --------------------------------------------------------------------
+
+
+def test_loss_naive_log_softmax_fails_on_large_logits(capsys):
+    def naive(logits, labels):
+        probs = jnp.exp(logits) / jnp.sum(jnp.exp(logits), axis=-1, keepdims=True)
+        return -jnp.mean(jnp.log(probs[jnp.arange(len(labels)), labels]))
+
+    # Right on small logits, so only the large-logit trials catch it.
+    logits = jnp.asarray(np.random.default_rng(0).normal(size=(8, 10)), jnp.float32)
+    labels = jnp.arange(8) % 10
+    np.testing.assert_allclose(naive(logits, labels),
+                               training.cross_entropy_loss(logits, labels), rtol=1e-5)
+    _expect_failed(capsys, check.cross_entropy_loss, "cross_entropy_loss", naive)
+
+
+def test_loss_on_softmax_probabilities_fails(capsys):
+    def softmax_first(logits, labels):
+        return optax.softmax_cross_entropy_with_integer_labels(
+            jax.nn.softmax(logits), labels).mean()
+
+    _expect_failed(capsys, check.cross_entropy_loss, "cross_entropy_loss", softmax_first,
+                   "differs")
+
+
+def test_loss_summed_not_averaged_fails(capsys):
+    def summed(logits, labels):
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
+
+    _expect_failed(capsys, check.cross_entropy_loss, "cross_entropy_loss", summed, "differs")
+
+
+def test_loss_per_example_not_reduced_fails(capsys):
+    def unreduced(logits, labels):
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+    _expect_failed(capsys, check.cross_entropy_loss, "cross_entropy_loss", unreduced, "shape")
+
+
+# --- accuracy ------------------------------------------------------------------------------
+
+
+def test_accuracy_count_not_fraction_fails(capsys):
+    def count(logits, labels):
+        return jnp.sum(jnp.argmax(logits, axis=-1) == labels)
+
+    _expect_failed(capsys, check.accuracy, "accuracy", count, "dtype")
+
+
+def test_accuracy_wrong_axis_fails(capsys):
+    def wrong_axis(logits, labels):
+        return jnp.mean(jnp.argmax(logits, axis=0)[: len(labels)] == labels[: logits.shape[1]])
+
+    _expect_failed(capsys, check.accuracy, "accuracy", wrong_axis)
+
+
+def test_accuracy_argmin_fails(capsys):
+    def argmin(logits, labels):
+        return jnp.mean(jnp.argmin(logits, axis=-1) == labels)
+
+    _expect_failed(capsys, check.accuracy, "accuracy", argmin, "differs")
+
+
+# --- shuffled_batch_indices ----------------------------------------------------------------
+
+
+def test_batches_unshuffled_fail(capsys):
+    def in_order(key, n, bs):
+        return jnp.arange(n // bs * bs).reshape(-1, bs)
+
+    _expect_failed(capsys, check.shuffled_batch_indices, "shuffled_batch_indices", in_order,
+                   "in order")
+
+
+def test_batches_with_replacement_fail(capsys):
+    def with_replacement(key, n, bs):
+        return jax.random.randint(key, (n // bs, bs), 0, n)
+
+    _expect_failed(capsys, check.shuffled_batch_indices, "shuffled_batch_indices",
+                   with_replacement, "appear twice")
+
+
+def test_batches_keeping_the_remainder_fail(capsys):
+    def padded(key, n, bs):
+        perm = jax.random.permutation(key, n)
+        count = -(-n // bs)
+        return jnp.pad(perm, (0, count * bs - n), mode="wrap").reshape(count, bs)
+
+    _expect_failed(capsys, check.shuffled_batch_indices, "shuffled_batch_indices", padded,
+                   "drop the last")
+
+
+def test_batches_with_numpy_fail(capsys):
+    def with_numpy(key, n, bs):
+        return np.random.permutation(n)[: n // bs * bs].reshape(-1, bs)
+
+    _expect_failed(capsys, check.shuffled_batch_indices, "shuffled_batch_indices", with_numpy)
+
+
+def test_batches_ignoring_the_key_fail(capsys):
+    def fixed_key(key, n, bs):
+        return training.shuffled_batch_indices(jax.random.key(0), n, bs)
+
+    _expect_failed(capsys, check.shuffled_batch_indices, "shuffled_batch_indices", fixed_key,
+                   "different keys")
+
+
+# --- train_step ----------------------------------------------------------------------------
+
+
+def test_train_step_without_update_fails(capsys):
+    def no_update(model, optimizer, images, labels):
+        logits = model(images)
+        return training.cross_entropy_loss(logits, labels), training.accuracy(logits, labels)
+
+    _expect_failed(capsys, check.train_step, "train_step", no_update, "did not change")
+
+
+def test_train_step_loss_after_update_fails(capsys):
+    def loss_after(model, optimizer, images, labels):
+        training.train_batch(model, optimizer, images, labels)
+        logits = model(images)
+        return training.cross_entropy_loss(logits, labels), training.accuracy(logits, labels)
+
+    _expect_failed(capsys, check.train_step, "train_step", loss_after, "before the update")
+
+
+def test_train_step_gradient_ascent_fails(capsys):
+    def ascent(model, optimizer, images, labels):
+        def loss_fn(model):
+            logits = model(images)
+            return -training.cross_entropy_loss(logits, labels), logits
+
+        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        optimizer.update(model, grads)
+        return -loss, training.accuracy(logits, labels)
+
+    _expect_failed(capsys, check.train_step, "train_step", ascent, "updated parameters differ")
+
+
+def test_train_step_returning_only_loss_fails(capsys):
+    def only_loss(model, optimizer, images, labels):
+        return training.train_batch(model, optimizer, images, labels)[0]
+
+    _expect_failed(capsys, check.train_step, "train_step", only_loss, "expected a tuple")
