@@ -101,18 +101,20 @@ def reference_ema(xs: ArrayLike, decay: ArrayLike) -> jax.Array:
     return ms
 
 
-def reference_pad_to_bucket(x: ArrayLike, bucket: int) -> tuple[jax.Array, jax.Array]:
-    """Zero-pad the first axis of ``x`` up to the next multiple of ``bucket``.
+def reference_pad_to_bucket(x: ArrayLike, bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-pad the first axis of ``x`` up to the next multiple of ``bucket``, with NumPy.
 
-    x: ``(n, ...)`` with n >= 1. Returns ``(padded, mask)``: padded ``(m, ...)`` with
-    ``m = bucket * ceil(n / bucket)``, same dtype, zeros after row n; mask ``(m,)`` bool,
-    True for the n real rows.
+    Data preparation runs on the host, before a batch goes to the device, so it compiles
+    nothing. x: ``(n, ...)`` with n >= 1. Returns ``(padded, mask)``: padded ``(m, ...)``
+    with ``m = bucket * ceil(n / bucket)``, same dtype, zeros after row n; mask ``(m,)``
+    bool, True for the n real rows.
     """
-    x = jnp.asarray(x)
+    x = np.asarray(x)
     n = x.shape[0]
     m = bucket * math.ceil(n / bucket)
-    padded = jnp.pad(x, [(0, m - n)] + [(0, 0)] * (x.ndim - 1))
-    return padded, jnp.arange(m) < n
+    padded = np.zeros((m, *x.shape[1:]), x.dtype)
+    padded[:n] = x
+    return padded, np.arange(m) < n
 
 
 # --------------------------------------------------------------------------------------
@@ -289,7 +291,7 @@ def _check_pad_to_bucket(fn: Callable[..., Any]) -> str:
     sizes = [1, bucket - 1, bucket, bucket + 1, 3 * bucket, int(rng.integers(2, 4 * bucket))]
     for n in sizes:
         tail = (3,) if n % 2 else ()
-        x = jnp.asarray(rng.uniform(1.0, 2.0, size=(n, *tail)), jnp.float32)
+        x = rng.uniform(1.0, 2.0, size=(n, *tail)).astype(np.float32)
         out = fn(x, bucket)
         call = f"pad_to_bucket(x of shape {tuple(x.shape)}, {bucket})"
         if not isinstance(out, tuple | list) or len(out) != 2:
@@ -298,7 +300,7 @@ def _check_pad_to_bucket(fn: Callable[..., Any]) -> str:
         m = bucket * math.ceil(n / bucket)
         padded = expect_array(out[0], (m, *tail), jnp.float32, what=f"padded from {call}")
         mask = expect_array(out[1], (m,), jnp.bool_, what=f"mask from {call}")
-        if not np.array_equal(padded[:n], np.asarray(x)):
+        if not np.array_equal(padded[:n], x):
             raise CheckFailed(f"the first {n} rows of padded from {call} are not x itself.")
         if np.any(padded[n:] != 0):
             raise CheckFailed(f"the padding rows from {call} are not all zeros.")
@@ -317,9 +319,9 @@ def _check_one_compile_per_bucket(fn: Callable[..., Any], rng: np.random.Generat
     sizes = rng.integers(1, 4 * bucket + 1, size=12)
     with CompileCounter(consumer) as counter:
         for n in sizes:
-            x = jnp.asarray(rng.standard_normal((int(n), 2)), jnp.float32)
+            x = rng.standard_normal((int(n), 2)).astype(np.float32)
             got = consumer(*fn(x, bucket))
-            expect_close(got, np.mean(np.asarray(x)), rtol=1e-4, atol=1e-5,
+            expect_close(got, np.mean(x), rtol=1e-4, atol=1e-5,
                          what=f"the masked mean of a padded batch of {int(n)} rows")
     buckets = len({math.ceil(int(n) / bucket) for n in sizes})
     if counter.compiles > buckets:  # pragma: no cover - the shape checks catch this first
@@ -334,6 +336,6 @@ def pad_to_bucket(student_fn: Callable[..., Any]) -> Callable[..., Any]:
     """Check ``pad_to_bucket(x, bucket) -> (padded, mask)``; print a verdict; return the fn."""
     return run_check(
         "pad_to_bucket", student_fn, reference_pad_to_bucket, _check_pad_to_bucket,
-        hint="m = bucket * math.ceil(n / bucket); padded = jnp.pad(x, [(0, m - n)] + "
-             "[(0, 0)] * (x.ndim - 1)); mask = jnp.arange(m) < n.",
+        hint="m = bucket * math.ceil(n / bucket); padded = np.zeros((m, *x.shape[1:]), "
+             "x.dtype); padded[:n] = x; mask = np.arange(m) < n.",
     )
