@@ -30,8 +30,6 @@ def pytest_configure(config):
     # Tests never download: use the verified copies beside the repository when present.
     if not os.environ.get("COURSE_DATA_DIR") and SHARED_DATA.is_dir():
         os.environ["COURSE_DATA_DIR"] = str(SHARED_DATA)
-    # Notebook kernels inherit this environment; keep matplotlib off any display.
-    os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 def pytest_runtest_logreport(report):
