@@ -3,8 +3,8 @@
 A checker runs a student's function against a reference on fresh random inputs and prints
 exactly one line that starts with one of three verdicts::
 
-    PASSED relu: matches the reference on 6 random inputs, shapes (1,) to (31, 7); also under jax.jit
-    FAILED relu: output shape (3,) but expected (3, 4). Hint: ... The lesson continues with the reference.
+    PASSED relu: matches the reference on 6 random inputs (shapes (1,) to (31, 7)); also under ...
+    FAILED relu: output has shape (3,) but expected (3, 4). Hint: ... The lesson continues ...
     NOT ATTEMPTED relu: not written yet. Hint: ... The lesson continues with the reference.
 
 It returns the function the rest of the lesson should use: the student's when it passed,
@@ -40,6 +40,8 @@ __all__ = [
 VERDICT_LINE = re.compile(r"^(PASSED|FAILED|NOT ATTEMPTED) (\S+?):")
 
 _CONTINUES = "The lesson continues with the reference implementation."
+_UNDER_JIT = (" (it works without jax.jit, so it needs a concrete value where jax.jit has only "
+              "a tracer: a Python if, float() or np.asarray on an array argument)")
 
 
 class Verdict(enum.Enum):
@@ -109,6 +111,8 @@ def evaluate(
 ) -> tuple[Result, Callable[..., Any]]:
     """Like :func:`run_check` but returns ``(Result, function to use)`` and prints nothing."""
     hint = _one_line(hint)
+    if hint and hint[-1] not in ".!?":
+        hint += "."
     try:
         what = check(student_fn)
     except NotImplementedError:
@@ -137,7 +141,9 @@ def expect_array(value: Any, shape: Sequence[int], dtype: Any, what: str = "outp
     if tuple(value.shape) != tuple(shape):
         raise CheckFailed(f"{what} has shape {tuple(value.shape)} but expected {tuple(shape)}.")
     if np.dtype(value.dtype) != np.dtype(dtype):
-        raise CheckFailed(f"{what} has dtype {np.dtype(value.dtype)} but expected {np.dtype(dtype)}.")
+        raise CheckFailed(
+            f"{what} has dtype {np.dtype(value.dtype)} but expected {np.dtype(dtype)}."
+        )
     return np.asarray(value)
 
 
@@ -164,7 +170,8 @@ def expect_close(
 
 def _expect_scalar(value: Any, expected: Any, *, rtol: float, atol: float, what: str) -> None:
     if isinstance(value, bool) or not (
-        isinstance(value, int | float | np.number) or (hasattr(value, "shape") and value.shape == ())
+        isinstance(value, int | float | np.number)
+        or (hasattr(value, "shape") and value.shape == ())
     ):
         raise CheckFailed(f"{what} is a {type(value).__name__}, but a single number was expected.")
     got = float(value)
@@ -201,14 +208,27 @@ def compare_with_reference(
     cases = [make_args(rng, t) for t in range(trials)]
     variants: list[tuple[str, Callable[..., Any]]] = [("", student_fn)]
     if jit:
-        variants.append((" under jax.jit", jax.jit(student_fn, static_argnums=tuple(static_argnums))))
+        jitted = jax.jit(student_fn, static_argnums=tuple(static_argnums))
+        variants.append((" under jax.jit", jitted))
     for suffix, fn in variants:
         for args in cases:
             expected = reference_fn(*args)
-            got = fn(*args)
             where = f" for inputs of shape {_describe_shape(args)}{suffix}"
+            try:
+                got = fn(*args)
+            except (NotImplementedError, CheckFailed):
+                raise
+            except Exception as error:  # say which inputs, and whether only jit broke it
+                why = _UNDER_JIT if suffix else ""
+                summary = _one_line(summarize_error(error)).rstrip(".")
+                raise CheckFailed(
+                    f"{where.strip()}, your function raised {summary}{why}."
+                ) from None
             _compare_outputs(got, expected, rtol=rtol, atol=atol, where=where)
-    shapes = sorted({_describe_shape(a) for a in cases}, key=len)
+    # Smallest to largest input (total elements), ties by text: the same line on every run.
+    sizes = {_describe_shape(a): sum(int(np.prod(x.shape)) for x in a if hasattr(x, "shape"))
+             for a in cases}
+    shapes = sorted(sizes, key=lambda described: (sizes[described], described))
     span = f"shapes {shapes[0]} to {shapes[-1]}" if len(shapes) > 1 else f"shape {shapes[0]}"
     return (f"matches the reference on {trials} random inputs ({span})"
             + ("; also under jax.jit" if jit else ""))
