@@ -35,7 +35,7 @@ COURSE = ROOT / "course"
 
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION\b[ :\-]*(?P<hint>.*)$")
 END = re.compile(r"^[ \t]*### END SOLUTION\b")
-BADGE = re.compile(r"^\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)\s*$", re.MULTILINE)
+BADGE = re.compile(r"^\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)[ \t]*$", re.MULTILINE)
 COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 SOLUTION_ONLY_TAG = "solution-only"
 COLAB_CELL_ID = "colab-setup"
@@ -98,7 +98,8 @@ def stub_code(source: str, where: str = "") -> str:
             j += 1
         if j == len(lines):
             raise ValueError(f"{where}: '### BEGIN SOLUTION' without END:\n{source}")
-        body = [line for line in lines[i + 1 : j] if line.strip() and not line.strip().startswith("#")]
+        body = [line for line in lines[i + 1 : j]
+                if line.strip() and not line.strip().startswith("#")]
         indent, hint = begin["indent"], begin["hint"].strip() or DEFAULT_HINT
         about = f" (about {len(body)} line{'s' if len(body) != 1 else ''})"
         out.append(f"{indent}# YOUR CODE HERE{about}: {hint}")
@@ -108,21 +109,27 @@ def stub_code(source: str, where: str = "") -> str:
 
 
 def _with_badge(source: str, badge: str, where: str) -> str:
-    if BADGE.search(source):
-        return BADGE.sub(lambda _: badge, source, count=1)
+    """The title cell with ``badge`` as its own paragraph right under the H1 title."""
     lines = source.split("\n")
     if not lines or not lines[0].startswith("# "):
         raise ValueError(f"{where}: the first cell must start with an H1 title ('# ...').")
-    return "\n".join([lines[0], "", badge, *lines[1:]])
+    rest = [line for line in lines[1:] if not BADGE.match(line)]  # any old badge goes
+    while rest and not rest[0].strip():
+        rest.pop(0)
+    # Blank lines around the badge keep it out of the title's and the next paragraph.
+    return "\n".join([lines[0], "", badge, *([""] if rest else []), *rest])
 
 
-def sync_solution(nb: nbformat.NotebookNode, name: str, settings: dict[str, str]) -> nbformat.NotebookNode:
+def sync_solution(
+    nb: nbformat.NotebookNode, name: str, settings: dict[str, str]
+) -> nbformat.NotebookNode:
     """The solution notebook with its badge and Colab set-up cell written in (a copy)."""
     nb = copy.deepcopy(nb)
     where = f"solutions/{name}"
     if not nb.cells or nb.cells[0].cell_type != "markdown":
         raise ValueError(f"{where}: the first cell must be a Markdown title cell.")
-    nb.cells[0].source = _with_badge(nb.cells[0].source, badge_line("solutions", name, settings), where)
+    badge = badge_line("solutions", name, settings)
+    nb.cells[0].source = _with_badge(nb.cells[0].source, badge, where)
     code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     source = colab_cell_source(settings)
     if code and nb.cells[code[0]].get("id") == COLAB_CELL_ID:
@@ -134,7 +141,9 @@ def sync_solution(nb: nbformat.NotebookNode, name: str, settings: dict[str, str]
     return nb
 
 
-def make_student(solution: nbformat.NotebookNode, name: str, settings: dict[str, str]) -> nbformat.NotebookNode:
+def make_student(
+    solution: nbformat.NotebookNode, name: str, settings: dict[str, str]
+) -> nbformat.NotebookNode:
     """The student notebook generated from a (synced) solution notebook."""
     nb = copy.deepcopy(solution)
     cells = []
@@ -170,12 +179,16 @@ def planned_files(solutions: Path = SOLUTIONS, course: Path = COURSE) -> dict[Pa
     return planned
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def out_of_date(solutions: Path = SOLUTIONS, course: Path = COURSE) -> list[str]:
     """Files that differ from what the script would write, plus stray course notebooks."""
     planned = planned_files(solutions, course)
-    stale = [str(p.relative_to(ROOT)) for p, text in planned.items()
+    stale = [_shown(p) for p, text in planned.items()
              if not p.exists() or p.read_text() != text]
-    stale += [f"{p.relative_to(ROOT)} (no solution of that name)"
+    stale += [f"{_shown(p)} (no solution of that name)"
               for p in sorted(course.glob("*.ipynb")) if p not in planned]
     return stale
 
