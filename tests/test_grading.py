@@ -244,6 +244,18 @@ def test_command_line_usage_errors(tmp_path, capsys):
         grading.main([str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
 
 
+def test_a_second_run_into_the_same_folder_skips_the_executed_copies(tmp_path):
+    path = submissions(tmp_path / "in")["solved"]
+    for other in ("blank", "wrong", "crash", "loop"):
+        (tmp_path / "in" / other / "01_tiny.ipynb").unlink()
+    out = tmp_path / "in" / "report"  # the report folder inside the submissions folder
+    for _ in range(2):
+        assert grading.main([str(tmp_path / "in"), "--out", str(out)]) == 0
+        assert (out / "report.csv").read_text().splitlines()[1:] == [
+            "solved/01_tiny.ipynb,01_tiny,PASSED,PASSED,PASSED,3,3,ok"]
+    assert path.exists()
+
+
 def test_module_runs_as_a_command():
     done = subprocess.run([sys.executable, "-m", "utils.grading", "--help"],
                           capture_output=True, text=True, timeout=60)

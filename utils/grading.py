@@ -79,27 +79,32 @@ class NotebookResult:
     seconds: float = 0.0
 
 
-def find_notebooks(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, str]]:
+def find_notebooks(paths: Iterable[str | os.PathLike[str]],
+                   exclude: Path | None = None) -> list[tuple[Path, str]]:
     """``(path, display name)`` of every notebook in ``paths`` (files, or folders searched
-    recursively, skipping ``.ipynb_checkpoints``). Display names are relative to the common
-    folder of all notebooks, so ``alice/01_gpu_basics.ipynb`` and ``bob/01_gpu_basics.ipynb``
-    stay apart."""
+    recursively, skipping ``.ipynb_checkpoints`` and anything under ``exclude``). Display
+    names are relative to the given folder (or to the common folder of everything given),
+    so ``alice/01_gpu_basics.ipynb`` and ``bob/01_gpu_basics.ipynb`` stay apart."""
     found: list[Path] = []
+    bases: list[Path] = []
+    exclude = exclude.resolve() if exclude is not None else None
     for raw in paths:
-        path = Path(raw)
+        path = Path(raw).resolve()
         if path.is_dir():
+            bases.append(path)
             found += sorted(p for p in path.rglob("*.ipynb")
                             if ".ipynb_checkpoints" not in p.parts and p.is_file())
         elif path.is_file():
+            bases.append(path.parent)
             found.append(path)
         else:
-            raise FileNotFoundError(f"no such notebook or folder: {path}")
-    unique = list(dict.fromkeys(p.resolve() for p in found))
+            raise FileNotFoundError(f"no such notebook or folder: {raw}")
+    if exclude is not None:
+        found = [p for p in found if exclude not in p.parents]
+    unique = list(dict.fromkeys(found))
     if not unique:
         return []
-    if len(unique) == 1:
-        return [(unique[0], unique[0].name)]
-    common = Path(os.path.commonpath([p.parent for p in unique]))
+    common = Path(os.path.commonpath(bases))
     return [(p, p.relative_to(common).as_posix()) for p in unique]
 
 
@@ -170,10 +175,13 @@ def grade_notebook(
 ) -> NotebookResult:
     """Run a copy of the notebook at ``path`` in a fresh kernel and collect its verdicts.
 
-    Never raises for a bad notebook: a notebook that cannot be read, crashes, times out or
-    kills its kernel gets a ``status`` saying so, with the verdicts printed before it
-    stopped. ``cell N`` in a status counts code cells from the top (1 = the first code
-    cell). ``executed_copy``: where to save the notebook with the outputs of this run;
+    ``cell_timeout`` limits one cell; ``timeout`` the time from the kernel being ready to
+    the last cell (start-up has its own ``startup_timeout``). Never raises for a bad
+    notebook: one that cannot be read, crashes, times out or kills its kernel gets a
+    ``status`` saying so, with the verdicts printed before it stopped. ``cell N`` in a
+    status counts code cells from the top (1 = the first code cell).
+
+    ``executed_copy``: where to save the notebook with the outputs of this run;
     ``kernel_log``: where to save what the kernel process itself wrote to stdout/stderr
     (low-level warnings, a crash's last words); discarded when None.
     """
@@ -190,7 +198,6 @@ def grade_notebook(
                               status=f"unreadable notebook: {_one_line(error)}")
     result = NotebookResult(name, lesson_of(path, nb))
     start = time.monotonic()
-    deadline = start + timeout
     with tempfile.TemporaryDirectory(prefix="course-grade-") as workdir:
         copy = Path(workdir) / path.name
         shutil.copyfile(path, copy)  # the kernel works beside a copy, never the original
@@ -207,6 +214,7 @@ def grade_notebook(
         try:
             with client.setup_kernel(stdout=log or subprocess.DEVNULL,
                                      stderr=log or subprocess.DEVNULL):
+                deadline = time.monotonic() + timeout  # kernel start-up not counted
                 for index, cell in enumerate(nb.cells):
                     if cell.cell_type != "code":
                         continue
@@ -399,16 +407,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.cell_timeout <= 0 or args.timeout <= 0:
         parser.error("timeouts must be positive numbers of seconds")
     try:
-        notebooks = find_notebooks(args.submissions)
+        import nbclient  # noqa: F401
+        import nbformat  # noqa: F401
+    except ImportError as error:
+        parser.error(f"{error.name} is needed to run notebooks: pip install nbclient ipykernel")
+    out = args.out.resolve()
+    try:  # an earlier run's executed copies (under --out) are not submissions
+        notebooks = find_notebooks(args.submissions, exclude=out)
         expected = expected_exercises(args.reference) if args.reference else None
     except FileNotFoundError as error:
         parser.error(str(error))
     if not notebooks:
         parser.error("no notebooks found in " + " ".join(args.submissions))
-    out = args.out.resolve()
-    inside = [name for path, name in notebooks if out in path.parents]
-    if inside:
-        parser.error(f"--out must not contain the submissions ({inside[0]})")
     results = []
     for path, name in notebooks:
         print(f"grading {name} ...", flush=True)
