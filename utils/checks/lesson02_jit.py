@@ -140,18 +140,16 @@ def _check_huber(fn: Callable[..., Any]) -> str:
     x = jnp.array([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0], jnp.float32)
     expect_close(fn(x, 1.0), _numpy_huber(np.asarray(x), 1.0), what=f"huber({x.tolist()}, 1.0)")
     # Random shapes under jit only: run op by op, every new shape compiles each operation.
-    checked = compare_with_reference(jax.jit(fn), _reference_huber_jit, _huber_args, trials=6,
+    checked = compare_with_reference(jax.jit(fn), _numpy_huber, _huber_args, trials=6,
                                      jit=False, rtol=1e-5, atol=1e-5)
     return (f"{checked} under jax.jit, and without jit on a fixed input; traceable (no "
             "Python if on traced values)")
 
 
-def _numpy_huber(x: np.ndarray, delta: float) -> np.ndarray:
+def _numpy_huber(x: ArrayLike, delta: float) -> np.ndarray:
+    x = np.asarray(x)
     return np.where(np.abs(x) <= delta, 0.5 * x**2, delta * (np.abs(x) - 0.5 * delta)).astype(
         x.dtype)
-
-
-_reference_huber_jit = jax.jit(reference_huber)
 
 
 def huber(student_fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -235,15 +233,13 @@ def _ema_args(rng: np.random.Generator, trial: int) -> tuple[jax.Array, float]:
     return jnp.asarray(xs), float(rng.uniform(0.5, 0.99))
 
 
-def _numpy_ema(xs: np.ndarray, decay: float) -> np.ndarray:
+def _numpy_ema(xs: ArrayLike, decay: float) -> np.ndarray:
+    xs = np.asarray(xs)
     out, m = np.zeros_like(xs), np.zeros_like(xs[0])
     for t, x in enumerate(xs):
         m = decay * m + (1 - decay) * x
         out[t] = m
     return out
-
-
-_reference_ema_jit = jax.jit(reference_ema)
 
 
 def _check_ema(fn: Callable[..., Any]) -> str:
@@ -261,7 +257,7 @@ def _check_ema(fn: Callable[..., Any]) -> str:
             "over the steps is unrolled into the program, so compile time grows with the "
             "sequence length. Let lax.scan carry m from step to step."
         )
-    checked = compare_with_reference(jax.jit(fn), _reference_ema_jit, _ema_args, trials=6,
+    checked = compare_with_reference(jax.jit(fn), _numpy_ema, _ema_args, trials=6,
                                      jit=False, rtol=1e-4, atol=1e-5)
     return (f"{checked} under jax.jit, and without jit on a fixed input; its jaxpr is as long "
             "for 8 steps as for 64 (no Python loop over time)")
