@@ -387,7 +387,7 @@ def bar_speedups(
     y = np.arange(len(values))[::-1]
     colors = ["tab:blue" if r >= 1 else "tab:orange" for r in values]
     with style():
-        fig, ax = plt.subplots(figsize=(6.4, 0.8 + 0.45 * len(values)), layout="constrained")
+        fig, ax = plt.subplots(figsize=(7.4, 1.0 + 0.45 * len(values)), layout="constrained")
         if log:
             ax.set_xscale("log")
             ax.barh(y, values - 1.0, left=1.0, color=colors, height=0.6)
@@ -405,7 +405,7 @@ def bar_speedups(
         ax.set_yticks(y, labels)
         ax.grid(False, axis="y")
         ax.set_xlabel(f"speed-up over {baseline_label} (higher is faster)")
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
         if title:
             ax.set_title(title)
     return fig
@@ -445,9 +445,9 @@ def roofline(
     lo, hi = min(intensities) / 4, max(intensities) * 4
     xs = np.geomspace(lo, hi, 256)
     with style():
-        fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+        fig, ax = plt.subplots(figsize=(8.4, 4.4), layout="constrained")
         ax.plot(xs, np.minimum(flops, xs * bandwidth), color="black", linewidth=2.2,
-                label=f"roof: {_engineering(flops, 'FLOP/s')} peak, "
+                label=f"roof: {_engineering(flops, 'FLOP/s')} peak,\n"
                       f"{_engineering(bandwidth, 'B/s')} memory")
         ax.axvline(ridge, color="gray", linestyle=":", linewidth=1.2)
         ax.plot([ridge], [flops], marker="o", color="black", linestyle="none")
@@ -466,7 +466,7 @@ def roofline(
         ax.set_ylabel("attainable FLOP/s")
         ax.text(0.02, 0.97, "memory-bound", transform=ax.transAxes, va="top", color="gray")
         ax.text(0.98, 0.03, "compute-bound", transform=ax.transAxes, ha="right", color="gray")
-        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 0.08))
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
         ax.set_title(title or "Roofline")
     return fig
 
