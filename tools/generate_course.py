@@ -50,8 +50,12 @@ if "google.colab" in sys.modules:
     import importlib.metadata
     import subprocess
 
-    keep = sorted({f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
-                   if (d.metadata["Name"] or "").lower().startswith(("jax", "nvidia-"))})
+    def colab_owns(name):  # JAX, jaxlib, their CUDA plugins and the CUDA libraries
+        name = (name or "").lower().replace("_", "-")
+        return name in ("jax", "jaxlib") or name.startswith(("jax-cuda", "nvidia-"))
+
+    keep = sorted({f"{d.metadata['Name']}=={d.version}"
+                   for d in importlib.metadata.distributions() if colab_owns(d.metadata["Name"])})
     with open("colab_pins.txt", "w") as pins:
         pins.write("\\n".join(keep) + "\\n")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "colab_pins.txt",

@@ -69,7 +69,7 @@ def _restart_message(what: str) -> str:
 def configure_gpu_memory(
     preallocate: bool = False, fraction: float | None = None
 ) -> dict[str, str]:
-    """Set how JAX claims GPU memory; call before JAX starts. Does nothing to CPU runs.
+    """Set how JAX claims GPU memory; call before JAX starts. CPU runs ignore these settings.
 
     By default JAX grabs 75% of a GPU's memory when it starts, so a second notebook on the
     same GPU fails with out-of-memory. ``preallocate=False`` makes JAX allocate what it
