@@ -12,7 +12,13 @@ Modules (and the lesson that introduces each):
 - ``data``: MNIST and Fashion-MNIST loaders with verified, cached downloads (00, used from 04).
 - ``plotting``: image grids, measurement plots, speed-up bars, rooflines (01).
 - ``exercises``: the checker framework that answers PASSED / FAILED / NOT ATTEMPTED (00).
+- ``errors``: ``expect_error``, to show an expected error and go on (00).
+- ``introspection``: compilation counter, jaxpr size, traceability checks (02).
+- ``training``: Flax NNX + Optax training steps, evaluation and epoch loops (04).
 - ``checks``: one module of exercise checkers per lesson.
 """
 
-__all__ = ["checks", "data", "environment", "exercises", "plotting", "timing"]
+__all__ = [
+    "checks", "data", "environment", "errors", "exercises", "introspection", "plotting",
+    "timing", "training",
+]
