@@ -327,7 +327,8 @@ def fit(
         else:
             metrics = [step(model, optimizer, images, labels, indices)
                        for indices in batches]  # iterating splits the rows on the device
-            loss_mean, acc_mean = jnp.mean(jnp.asarray(metrics), axis=0)
+            losses, accs = (jnp.stack(column) for column in zip(*metrics, strict=True))
+            loss_mean, acc_mean = jnp.mean(losses), jnp.mean(accs)
         history["train_loss"].append(float(loss_mean))
         history["train_accuracy"].append(float(acc_mean))
         if test is not None:

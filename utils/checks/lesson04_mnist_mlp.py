@@ -33,7 +33,6 @@ __all__ = ["accuracy", "cross_entropy_loss", "mlp", "shuffled_batch_indices", "t
 
 _MLP_CASES = (  # (din, dhidden, dout, input shape)
     (784, 32, 10, (5, 28, 28)),
-    (784, 16, 10, (1, 784)),
     (12, 8, 3, (7, 3, 4)),
     (20, 24, 4, (2, 20)),
 )
@@ -80,7 +79,7 @@ def _check_mlp(cls: Any) -> str:
                                   "relu(relu(x W1 + b1) W2 + b2) W3 + b3 (max difference "
                                   f"{np.max(np.abs(got - expected)):.3g}).")
     return (f"logits match the formula for {len(_MLP_CASES)} layer sizes and input shapes "
-            "(N, 28, 28), (N, 784), ...; also under nnx.jit")
+            "(N, 28, 28), (N, 3, 4), (N, 20); also under nnx.jit")
 
 
 def mlp(student_cls: Any, *, quiet: bool = False) -> Any:
@@ -96,8 +95,8 @@ def mlp(student_cls: Any, *, quiet: bool = False) -> Any:
 def _logits_and_labels(rng: np.random.Generator, trial: int) -> tuple[Any, Any]:
     import jax.numpy as jnp
 
-    n, k = ((8, 10), (3, 5), (64, 10), (16, 10), (5, 2), (32, 10))[trial % 6]
-    scale = 1.0 if trial < 3 else 200.0  # large logits: a hand-made log(softmax) overflows
+    n, k = ((8, 10), (3, 5), (64, 10), (5, 2))[trial % 4]
+    scale = 1.0 if trial < 2 else 200.0  # large logits: a hand-made log(softmax) overflows
     logits = jnp.asarray(scale * rng.normal(size=(n, k)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, k, size=n), jnp.int32)
     return logits, labels
@@ -105,7 +104,7 @@ def _logits_and_labels(rng: np.random.Generator, trial: int) -> tuple[Any, Any]:
 
 def _check_loss(fn: Callable[..., Any]) -> str:
     what = compare_with_reference(fn, training.cross_entropy_loss, _logits_and_labels,
-                                  rtol=1e-4, atol=1e-5)
+                                  trials=4, rtol=1e-4, atol=1e-5)
     return what + " (including logits of size ~200)"
 
 
@@ -120,7 +119,7 @@ def cross_entropy_loss(student_fn: Fn, *, quiet: bool = False) -> Fn:
 
 
 def _check_accuracy(fn: Callable[..., Any]) -> str:
-    return compare_with_reference(fn, training.accuracy, _logits_and_labels)
+    return compare_with_reference(fn, training.accuracy, _logits_and_labels, trials=4)
 
 
 def accuracy(student_fn: Fn, *, quiet: bool = False) -> Fn:
@@ -133,7 +132,7 @@ def accuracy(student_fn: Fn, *, quiet: bool = False) -> Fn:
     )
 
 
-_BATCH_CASES = ((1000, 128), (60, 7), (10, 10), (64, 32), (257, 16))
+_BATCH_CASES = ((1000, 128), (60, 7), (10, 10), (257, 16))
 
 
 def _check_batches(fn: Callable[..., Any]) -> str:
@@ -190,11 +189,12 @@ def _check_train_step(fn: Callable[..., Any]) -> str:
     from flax import nnx
 
     rng = np.random.default_rng()
-    for how, wrap in (("", lambda f: f), (" under nnx.jit", nnx.jit)):
+    for how in (" under nnx.jit",):  # the way the lesson runs it
         pairs = []
         for step in (fn, training.train_batch):
             model = training.MLP(12, 16, 4, rngs=nnx.Rngs(3))
-            pairs.append((model, training.create_optimizer(model, optax.adam(1e-2)), wrap(step)))
+            pairs.append((model, training.create_optimizer(model, optax.adam(1e-2)),
+                          nnx.jit(step)))
         for i in range(2):
             x = jnp.asarray(rng.normal(size=(9, 3, 4)), jnp.float32)
             y = jnp.asarray(rng.integers(0, 4, size=9), jnp.int32)
@@ -224,8 +224,8 @@ def _check_train_step(fn: Callable[..., Any]) -> str:
                 if not np.allclose(a, b, rtol=1e-4, atol=1e-5):
                     raise CheckFailed(f"step {i + 1}{how}: the updated parameters differ from "
                                       "one Adam step on the gradient of the mean loss.")
-    return ("loss, accuracy and updated parameters match the reference over 2 steps; "
-            "also under nnx.jit")
+    return ("under nnx.jit, loss, accuracy and updated parameters match the reference "
+            "over 2 steps")
 
 
 def train_step(student_fn: Fn, *, quiet: bool = False) -> Fn:
