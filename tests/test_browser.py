@@ -97,6 +97,15 @@ def page(chromium, tmp_path):
         context.close()
 
 
+def expected_from_solution(name: str) -> list[str]:
+    """The exercise names in solutions/NAME's stored checker lines."""
+    solution = json.loads((ROOT / "solutions" / name).read_text())
+    executed = any(cell.get("outputs") for cell in solution.get("cells", []))
+    assert executed, (f"solutions/{name} has no stored outputs, so the exercises it checks "
+                      "are unknown: run tools/execute_solutions.py on it")
+    return bh.expected_verdicts(solution)
+
+
 def run_and_judge(page, server: bh.LabServer, name: str, mode: str, expected: list[str],
                   tmp_path: Path, capsys, label: str) -> tuple[bh.LabRun, list[str]]:
     """Run one notebook in the page, judge it, report the time, save screenshots."""
@@ -136,9 +145,8 @@ def run_and_judge(page, server: bh.LabServer, name: str, mode: str, expected: li
 @pytest.mark.slow
 @pytest.mark.parametrize("name", _lessons("course"))
 def test_course_notebook_runs_in_jupyterlab(name, lab, page, tmp_path, capsys):
-    solution = ROOT / "solutions" / name
-    assert solution.exists(), f"course/{name} has no solutions/{name}"
-    expected = bh.expected_verdicts(json.loads(solution.read_text()))
+    assert (ROOT / "solutions" / name).exists(), f"course/{name} has no solutions/{name}"
+    expected = expected_from_solution(name)
     _, problems = run_and_judge(page, lab("course"), name, "course", expected, tmp_path,
                                 capsys, f"course/{name}")
     assert not problems, f"course/{name} in JupyterLab:\n- " + "\n- ".join(problems)
@@ -148,7 +156,7 @@ def test_course_notebook_runs_in_jupyterlab(name, lab, page, tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", _lessons("solutions"))
 def test_solution_notebook_runs_in_jupyterlab(name, lab, page, tmp_path, capsys):
-    expected = bh.expected_verdicts(json.loads((ROOT / "solutions" / name).read_text()))
+    expected = expected_from_solution(name)
     _, problems = run_and_judge(page, lab("solutions"), name, "solutions", expected, tmp_path,
                                 capsys, f"solutions/{name}")
     assert not problems, f"solutions/{name} in JupyterLab:\n- " + "\n- ".join(problems)
