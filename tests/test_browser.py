@@ -221,6 +221,28 @@ def test_check_fails_a_notebook_with_an_unexpected_error(lab, page, tmp_path, ca
 
 
 @pytest.mark.browser
+def test_a_hung_cell_is_given_up_on(lab, page):
+    server = lab("synthetic")
+    cells = [nbformat.v4.new_code_cell('print("first")'),
+             nbformat.v4.new_code_cell("import time\ntime.sleep(300)"),
+             nbformat.v4.new_code_cell('print("never")')]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                 "language": "python"}
+    nbformat.write(nb, server.root_dir / "99_hung.ipynb")
+    try:
+        run = bh.run_in_lab(page, server, "99_hung.ipynb", workspace="hung", cell_timeout=5,
+                            notebook_timeout=120)
+    finally:
+        server.shutdown_kernels()
+    assert run.timed_out == "code cell 2 still running after 5 s with no cell finishing"
+    assert [c.prompt for c in run.cells] == ["[1]:", "[*]:", "[*]:"]
+    assert run.seconds < 90
+    assert bh.problems_in_run(run.cells, nb, "solutions", [])[:1] == [
+        "code cell 2 is still running"]
+
+
+@pytest.mark.browser
 def test_lab_server_is_stopped_when_the_test_fails(tmp_path):
     pytest.importorskip("jupyterlab", reason="JupyterLab is not installed")
     (tmp_path / "root").mkdir()
