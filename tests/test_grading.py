@@ -165,6 +165,20 @@ def test_overall_timeout_stops_a_notebook(tmp_path):
     assert result.seconds < 30
 
 
+def test_a_kernel_that_dies_is_reported_and_old_outputs_are_not_counted(tmp_path):
+    code, stream = nbformat.v4.new_code_cell, nbformat.v4.new_output
+    stale = stream("stream", name="stdout", text="PASSED b: from the student's last run\n")
+    nb = nbformat.v4.new_notebook(cells=[
+        code('print("PASSED a: ok")'), code("import os\nos._exit(1)"),
+        code('print("FAILED b: never runs")', outputs=[stale])])
+    path = tmp_path / "02_die.ipynb"
+    nbformat.write(nb, path)
+    result = grading.grade_notebook(path, executed_copy=tmp_path / "executed.ipynb")
+    assert (result.status, result.verdicts, result.completed) == (
+        "kernel died in cell 2", {"a": "PASSED"}, False)
+    assert nbformat.read(tmp_path / "executed.ipynb", as_version=4).cells[2].outputs == []
+
+
 def test_unreadable_notebook_is_reported_and_others_still_graded(tmp_path):
     submissions(tmp_path / "in")
     for student in ("crash", "loop", "wrong", "blank"):

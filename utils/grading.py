@@ -197,6 +197,9 @@ def grade_notebook(
         return NotebookResult(name, lesson_of(path), completed=False,
                               status=f"unreadable notebook: {_one_line(error)}")
     result = NotebookResult(name, lesson_of(path, nb))
+    for cell in nb.cells:  # a cell never reached must not show the student's old outputs
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="course-grade-") as workdir:
         copy = Path(workdir) / path.name
