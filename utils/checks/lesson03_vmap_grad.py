@@ -161,7 +161,7 @@ def _tree_shapes(tree: Any) -> str:
 
 def _check_pairwise(fn: Callable[..., Any]) -> str:
     rng = np.random.default_rng()
-    sizes = [(1, 1, 2), (3, 5, 4), (6, 2, 3), (7, 9, 8), (4, 4, 1), (10, 3, 16)]
+    sizes = [(1, 1, 2), (3, 5, 4), (7, 2, 8), (4, 9, 1)]
 
     def make_args(rng: np.random.Generator, trial: int) -> tuple[Any, ...]:
         n, m, d = sizes[trial]
@@ -270,10 +270,10 @@ def _check_mse_with_aux(fn: Callable[..., Any]) -> str:
             f"the second element is {_kind(aux)}; it should be a dict with the "
             "key 'mae' (the mean absolute error)."
         )
-    trials = [(1, 1), (8, 3), (5, 2), (33, 4), (16, 7)]
+    trials = [(8, 3), (1, 1), (33, 5)]
+    reference_vg = jax.jit(jax.value_and_grad(reference_mse_with_aux, has_aux=True))
     for suffix, wrap in (("", lambda f: f), (" under jax.jit", jax.jit)):
         student_vg = wrap(jax.value_and_grad(fn, has_aux=True))
-        reference_vg = jax.value_and_grad(reference_mse_with_aux, has_aux=True)
         for n, d in trials:
             params, xs, ys = _random_params(rng, d), _normal(rng, n, d), _normal(rng, n)
             (loss, aux), grads = student_vg(params, xs, ys)
@@ -297,8 +297,8 @@ def mse_with_aux(student_fn: Callable[..., Any]) -> Callable[..., Any]:
     """Check ``mse_with_aux(params, xs, ys) -> (loss, {"mae": ...})`` for has_aux=True."""
     return run_check(
         "mse_with_aux", student_fn, reference_mse_with_aux, _check_mse_with_aux,
-        hint="errors = xs @ w + b - ys; return (jnp.mean(errors ** 2), "
-             "{'mae': jnp.mean(jnp.abs(errors))}): the loss first, the extras second.",
+        hint="compute errors = xs @ w + b - ys once; return a pair: the mean of the squared "
+             "errors first (one number), then the dict {'mae': mean of the absolute errors}.",
     )
 
 
@@ -311,7 +311,8 @@ def _check_per_example_grads(fn: Callable[..., Any]) -> str:
     import jax
 
     rng = np.random.default_rng()
-    trials = [(5, 3), (1, 1), (8, 2), (3, 6), (16, 4)]
+    trials = [(5, 3), (1, 1), (16, 4)]
+    grad_one = jax.jit(jax.grad(example_loss))
     for suffix, f in (("", fn), (" under jax.jit", jax.jit(fn))):
         for n, d in trials:
             params, xs, ys = _random_params(rng, d), _normal(rng, n, d), _normal(rng, n)
@@ -324,7 +325,7 @@ def _check_per_example_grads(fn: Callable[..., Any]) -> str:
                     f"{where}; expected a dict "
                     "with the same keys as params ('b', 'w')."
                 )
-            loop = [jax.grad(example_loss)(params, xs[i], ys[i]) for i in range(n)]
+            loop = [grad_one(params, xs[i], ys[i]) for i in range(n)]
             for key in ("w", "b"):
                 shape = (n, *np.shape(params[key]))
                 leaf = expect_array(got[key], shape, np.float32, f"the gradient for {key!r}{where}")
@@ -350,8 +351,8 @@ def per_example_grads(student_fn: Callable[..., Any]) -> Callable[..., Any]:
     """Check ``per_example_grads(params, xs, ys)``: one gradient per example."""
     return run_check(
         "per_example_grads", student_fn, reference_per_example_grads, _check_per_example_grads,
-        hint="jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0)): the same params for "
-             "every example, one row of xs and one entry of ys each.",
+        hint="take jax.grad of example_loss, then jax.vmap it with in_axes None for params "
+             "(shared by all examples) and 0 for xs and ys (one row, one entry each).",
     )
 
 
@@ -385,14 +386,18 @@ def _evaluate_only(f: Callable[[Any], Any]) -> Callable[[Any], Any]:
 def _test_functions(rng: np.random.Generator) -> list[tuple[str, Callable[[Any], Any], Any]]:
     import jax.numpy as jnp
 
-    a = _normal(rng, 4, 4)
-    quad = a @ a.T + jnp.eye(4)  # curvature of at least 1: a forward difference is off
-    return [
-        ("sum(exp(x))", lambda x: jnp.sum(jnp.exp(x)), _normal(rng, 6) * 0.5),
-        ("x @ A @ x / 2 + sum(sin(x))", lambda x: x @ quad @ x / 2 + jnp.sum(jnp.sin(x)),
-         _normal(rng, 4)),
-        ("sum(x ** 3) / 3 + x[0] * x[1]", lambda x: jnp.sum(x**3) / 3 + x[0, 0] * x[1, 1],
-         _normal(rng, 2, 3) + 1.5),
+    a = _normal(rng, 6, 6)
+    quad = a @ a.T + jnp.eye(6)  # curvature of at least 1: a forward difference is off
+
+    def quadratic(x: Any) -> Any:
+        v = x.reshape(-1)
+        return v @ quad @ v / 2 + jnp.sum(jnp.sin(v))
+
+    return [  # x of shape (2, 3): the answer must keep the shape of x
+        ("sum(exp(x))", lambda x: jnp.sum(jnp.exp(x)), _normal(rng, 2, 3) * 0.5),
+        ("v @ A @ v / 2 + sum(sin(v)), v = x.ravel()", quadratic, _normal(rng, 2, 3)),
+        ("sum(x ** 3) / 3 + x[0, 0] * x[1, 1]",
+         lambda x: jnp.sum(x**3) / 3 + x[0, 0] * x[1, 1], _normal(rng, 2, 3) + 1.5),
     ]
 
 
@@ -411,7 +416,7 @@ def _check_numerical_grad(fn: Callable[..., Any]) -> str:
             ) from None
         where = f" for f(x) = {name} at x of shape {tuple(x.shape)} with eps={FD_EPS}"
         got = expect_array(got, x.shape, np.float32, f"the gradient{where}")
-        exact = np.asarray(jax.grad(f)(x))
+        exact = np.asarray(jax.jit(jax.grad(f))(x))
         if np.allclose(got, exact, rtol=FD_RTOL, atol=FD_ATOL):
             continue
         ratio = np.median(got / np.where(exact == 0, np.nan, exact))
