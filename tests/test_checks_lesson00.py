@@ -8,25 +8,9 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from checker_helpers import run_checker, stub
 
 from utils.checks import lesson00_setup as check
-from utils.exercises import VERDICT_LINE
-
-
-def _stub(*args):
-    raise NotImplementedError("not written yet")
-
-
-def _run(capsys, checker, fn):
-    """Run one checker; return (its single printed line, the function it returned)."""
-    use = checker(fn)
-    out = capsys.readouterr().out
-    lines = out.strip().splitlines()
-    assert len(lines) == 1, f"expected exactly one verdict line, got:\n{out}"
-    assert VERDICT_LINE.match(lines[0]), lines[0]
-    assert "Traceback" not in out
-    return lines[0], use
-
 
 CHECKERS = {
     "array_nbytes": (check.array_nbytes, check.reference_array_nbytes),
@@ -38,7 +22,7 @@ CHECKERS = {
 @pytest.mark.parametrize("name", sorted(CHECKERS))
 def test_reference_passes_and_is_returned(capsys, name):
     checker, reference = CHECKERS[name]
-    line, use = _run(capsys, checker, reference)
+    line, use = run_checker(capsys, checker, reference)
     assert line.startswith(f"PASSED {name}:"), line
     assert use is reference
 
@@ -46,7 +30,7 @@ def test_reference_passes_and_is_returned(capsys, name):
 @pytest.mark.parametrize("name", sorted(CHECKERS))
 def test_stub_is_not_attempted_and_reference_is_returned(capsys, name):
     checker, reference = CHECKERS[name]
-    line, use = _run(capsys, checker, _stub)
+    line, use = run_checker(capsys, checker, stub)
     assert line.startswith(f"NOT ATTEMPTED {name}:"), line
     assert "Hint:" in line
     assert use is reference
@@ -82,7 +66,7 @@ def _nbytes_as_string(shape, dtype):
     (_nbytes_as_string, "whole number of bytes"),
 ])
 def test_array_nbytes_rejects_wrong_answers(capsys, wrong, says):
-    line, use = _run(capsys, check.array_nbytes, wrong)
+    line, use = run_checker(capsys, check.array_nbytes, wrong)
     assert line.startswith("FAILED array_nbytes:"), line
     assert says in line
     assert use is check.reference_array_nbytes
@@ -96,7 +80,7 @@ def test_array_nbytes_accepts_other_correct_ways(capsys):
         return jnp.zeros(shape, dtype).nbytes
 
     for fn in (via_numpy, via_array):
-        line, use = _run(capsys, check.array_nbytes, fn)
+        line, use = run_checker(capsys, check.array_nbytes, fn)
         assert line.startswith("PASSED array_nbytes:"), line
         assert use is fn
 
@@ -119,7 +103,7 @@ def test_array_nbytes_reference_values():
     (lambda x: x.astype(jnp.float32) / 255 if x.ndim == 2 else x, "dtype uint8"),
 ])
 def test_to_unit_float_rejects_wrong_answers(capsys, wrong, says):
-    line, use = _run(capsys, check.to_unit_float, wrong)
+    line, use = run_checker(capsys, check.to_unit_float, wrong)
     assert line.startswith("FAILED to_unit_float:"), line
     assert says in line
     assert use is check.reference_to_unit_float
@@ -129,7 +113,7 @@ def test_to_unit_float_catches_code_that_breaks_under_jit(capsys):
     def numpy_only(x):  # np.asarray of a tracer raises under jax.jit
         return np.asarray(x).astype(np.float32) / np.float32(255)
 
-    line, _ = _run(capsys, check.to_unit_float, numpy_only)
+    line, _ = run_checker(capsys, check.to_unit_float, numpy_only)
     assert line.startswith("FAILED to_unit_float:"), line
     assert "your function raised" in line
 
@@ -152,7 +136,7 @@ def test_to_unit_float_reference_values():
      "differs from the reference"),
 ])
 def test_class_counts_rejects_wrong_answers(capsys, wrong, says):
-    line, use = _run(capsys, check.class_counts, wrong)
+    line, use = run_checker(capsys, check.class_counts, wrong)
     assert line.startswith("FAILED class_counts:"), line
     assert says in line
     assert use is check.reference_class_counts
@@ -162,7 +146,7 @@ def test_class_counts_accepts_scatter_add(capsys):
     def scatter(labels, k):
         return jnp.zeros(k, jnp.int32).at[jnp.asarray(labels)].add(1)
 
-    line, use = _run(capsys, check.class_counts, scatter)
+    line, use = run_checker(capsys, check.class_counts, scatter)
     assert line.startswith("PASSED class_counts:"), line
     assert "jax.jit" in line
     assert use is scatter

@@ -9,35 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from checker_helpers import expect_failed, run_checker, stub
 
 from utils.checks import lesson01_gpu_basics as check
-from utils.exercises import VERDICT_LINE
-
-
-def _stub(*args):
-    raise NotImplementedError("not written yet")
-
-
-def _run(capsys, checker, fn):
-    """Run one checker; return (its single printed line, the function it returned)."""
-    use = checker(fn)
-    out = capsys.readouterr().out
-    lines = out.strip().splitlines()
-    assert len(lines) == 1, f"expected exactly one verdict line, got:\n{out}"
-    assert VERDICT_LINE.match(lines[0]), lines[0]
-    assert "Traceback" not in out
-    return lines[0], use
-
-
-def _fails(capsys, checker, name, fn, *fragments):
-    line, use = _run(capsys, checker, fn)
-    assert line.startswith(f"FAILED {name}:"), line
-    for fragment in fragments:
-        assert fragment in line, line
-    assert "Hint:" in line and "continues with the reference" in line
-    assert use is not fn
-    return line
-
 
 CHECKERS = {
     "matmul_flops": (check.matmul_flops, check.reference_matmul_flops),
@@ -49,7 +23,7 @@ CHECKERS = {
 @pytest.mark.parametrize("name", sorted(CHECKERS))
 def test_reference_passes_and_is_returned(capsys, name):
     checker, reference = CHECKERS[name]
-    line, use = _run(capsys, checker, reference)
+    line, use = run_checker(capsys, checker, reference)
     assert line.startswith(f"PASSED {name}:"), line
     assert use is reference
 
@@ -57,7 +31,7 @@ def test_reference_passes_and_is_returned(capsys, name):
 @pytest.mark.parametrize("name", sorted(CHECKERS))
 def test_stub_is_not_attempted_and_reference_is_returned(capsys, name):
     checker, reference = CHECKERS[name]
-    line, use = _run(capsys, checker, _stub)
+    line, use = run_checker(capsys, checker, stub)
     assert line.startswith(f"NOT ATTEMPTED {name}:"), line
     assert "Hint:" in line
     assert use is reference
@@ -70,7 +44,7 @@ def test_a_crashing_answer_fails_in_one_line(capsys, name):
     def crashes(*args):
         return 1 / 0
 
-    _fails(capsys, checker, name, crashes, "ZeroDivisionError")
+    expect_failed(capsys, checker, name, crashes, "ZeroDivisionError")
 
 
 # ---- matmul_flops ---------------------------------------------------------------------
@@ -81,19 +55,19 @@ def test_reference_values():
 
 
 def test_matmul_flops_other_correct_forms_pass(capsys):
-    line, _ = _run(capsys, check.matmul_flops, lambda n, k, m: float(2 * n * k * m))
+    line, _ = run_checker(capsys, check.matmul_flops, lambda n, k, m: float(2 * n * k * m))
     assert line.startswith("PASSED"), line
-    line, _ = _run(capsys, check.matmul_flops, lambda n, k, m: np.int64(n) * k * m * 2)
+    line, _ = run_checker(capsys, check.matmul_flops, lambda n, k, m: np.int64(n) * k * m * 2)
     assert line.startswith("PASSED"), line
 
 
 def test_matmul_flops_rejects_forgetting_the_factor_two(capsys):
-    _fails(capsys, check.matmul_flops, "matmul_flops", lambda n, k, m: n * k * m,
+    expect_failed(capsys, check.matmul_flops, "matmul_flops", lambda n, k, m: n * k * m,
            "multiplies only")
 
 
 def test_matmul_flops_rejects_assuming_square_matrices(capsys):
-    _fails(capsys, check.matmul_flops, "matmul_flops", lambda n, k, m: 2 * n**3,
+    expect_failed(capsys, check.matmul_flops, "matmul_flops", lambda n, k, m: 2 * n**3,
            "square")
 
 
@@ -102,35 +76,35 @@ def test_matmul_flops_rejects_int32_overflow(capsys):
         with np.errstate(over="ignore"):
             return int(np.int32(2) * np.int32(n) * np.int32(k) * np.int32(m))
 
-    _fails(capsys, check.matmul_flops, "matmul_flops", int32, "overflow")
+    expect_failed(capsys, check.matmul_flops, "matmul_flops", int32, "overflow")
 
 
 def test_matmul_flops_rejects_an_array_or_a_fraction(capsys):
-    _fails(capsys, check.matmul_flops, "matmul_flops", lambda n, k, m: np.array([2 * n * k * m]),
-           "array of shape (1,)")
-    _fails(capsys, check.matmul_flops, "matmul_flops", lambda n, k, m: 2 * n * k * m + 0.5,
+    expect_failed(capsys, check.matmul_flops, "matmul_flops",
+                  lambda n, k, m: np.array([2 * n * k * m]), "array of shape (1,)")
+    expect_failed(capsys, check.matmul_flops, "matmul_flops", lambda n, k, m: 2 * n * k * m + 0.5,
            "not a whole number")
 
 
 # ---- matmul_bytes ---------------------------------------------------------------------
 
 def test_matmul_bytes_rejects_leaving_out_the_output(capsys):
-    _fails(capsys, check.matmul_bytes, "matmul_bytes", lambda n, k, m: 4 * (n * k + k * m),
+    expect_failed(capsys, check.matmul_bytes, "matmul_bytes", lambda n, k, m: 4 * (n * k + k * m),
            "leaves out the output")
 
 
 def test_matmul_bytes_rejects_bits(capsys):
-    _fails(capsys, check.matmul_bytes, "matmul_bytes",
+    expect_failed(capsys, check.matmul_bytes, "matmul_bytes",
            lambda n, k, m: 32 * (n * k + k * m + n * m), "bits")
 
 
 def test_matmul_bytes_rejects_counting_elements(capsys):
-    _fails(capsys, check.matmul_bytes, "matmul_bytes", lambda n, k, m: n * k + k * m + n * m,
+    expect_failed(capsys, check.matmul_bytes, "matmul_bytes", lambda n, k, m: n * k + k * m + n * m,
            "number of elements")
 
 
 def test_matmul_bytes_rejects_square_assumption(capsys):
-    _fails(capsys, check.matmul_bytes, "matmul_bytes", lambda n, k, m: 12 * n * n, "square")
+    expect_failed(capsys, check.matmul_bytes, "matmul_bytes", lambda n, k, m: 12 * n * n, "square")
 
 
 # ---- time_call ------------------------------------------------------------------------
@@ -153,15 +127,15 @@ def _milliseconds(fn, *args):
 
 
 def test_time_call_rejects_not_waiting_for_the_result(capsys):
-    _fails(capsys, check.time_call, "time_call", _no_block, "asynchronous dispatch")
+    expect_failed(capsys, check.time_call, "time_call", _no_block, "asynchronous dispatch")
 
 
 def test_time_call_rejects_timing_the_compilation(capsys):
-    _fails(capsys, check.time_call, "time_call", _no_warm_up, "first call")
+    expect_failed(capsys, check.time_call, "time_call", _no_warm_up, "first call")
 
 
 def test_time_call_rejects_milliseconds(capsys):
-    _fails(capsys, check.time_call, "time_call", _milliseconds, "milliseconds")
+    expect_failed(capsys, check.time_call, "time_call", _milliseconds, "milliseconds")
 
 
 def test_time_call_rejects_ignoring_the_arguments(capsys):
@@ -171,11 +145,11 @@ def test_time_call_rejects_ignoring_the_arguments(capsys):
         jax.block_until_ready(fn())
         return time.perf_counter() - start
 
-    _fails(capsys, check.time_call, "time_call", no_args, "arguments")
+    expect_failed(capsys, check.time_call, "time_call", no_args, "arguments")
 
 
 def test_time_call_rejects_a_non_number(capsys):
-    _fails(capsys, check.time_call, "time_call", lambda fn, *a: str(_no_warm_up(fn, *a)),
+    expect_failed(capsys, check.time_call, "time_call", lambda fn, *a: str(_no_warm_up(fn, *a)),
            "number of seconds")
 
 
@@ -186,12 +160,12 @@ def test_time_call_accepts_other_ways_to_wait(capsys):
         np.asarray(fn(*args))
         return time.perf_counter() - start
 
-    line, _ = _run(capsys, check.time_call, method_and_benchmark)
+    line, _ = run_checker(capsys, check.time_call, method_and_benchmark)
     assert line.startswith("PASSED"), line
 
     from utils.timing import benchmark
 
-    line, _ = _run(capsys, check.time_call,
+    line, _ = run_checker(capsys, check.time_call,
                    lambda fn, *args: benchmark(fn, *args, repeats=3).median_s)
     assert line.startswith("PASSED"), line
 

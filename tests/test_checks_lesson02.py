@@ -10,26 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from checker_helpers import expect_failed, run_checker, stub
 from jax import lax
 
 from utils.checks import lesson02_jit as check
-from utils.exercises import VERDICT_LINE
-
-
-def _stub(*args):
-    raise NotImplementedError("not written yet")
-
-
-def _run(capsys, checker, fn):
-    """Run one checker; return (its single printed line, the function it returned)."""
-    use = checker(fn)
-    out = capsys.readouterr().out
-    lines = out.strip().splitlines()
-    assert len(lines) == 1, f"expected exactly one verdict line, got:\n{out}"
-    assert VERDICT_LINE.match(lines[0]), lines[0]
-    assert "Traceback" not in out
-    return lines[0], use
-
 
 CHECKERS = {
     "huber": (check.huber, check.reference_huber),
@@ -42,36 +26,28 @@ CHECKERS = {
 @pytest.mark.parametrize("name", sorted(CHECKERS))
 def test_reference_passes_and_is_returned(capsys, name):
     checker, reference = CHECKERS[name]
-    line, use = _run(capsys, checker, reference)
+    line, use = run_checker(capsys, checker, reference)
     assert line.startswith(f"PASSED {name}:"), line
     assert use is reference
 
 
 @pytest.mark.parametrize("name", sorted(CHECKERS))
-def test_passed_line_is_the_same_every_run(capsys, name):
+def test_passed_line_is_the_same_everyrun_checker(capsys, name):
     # nbval compares the printed verdicts: random inputs must not change the PASSED line
     checker, reference = CHECKERS[name]
-    first, _ = _run(capsys, checker, reference)
-    second, _ = _run(capsys, checker, reference)
+    first, _ = run_checker(capsys, checker, reference)
+    second, _ = run_checker(capsys, checker, reference)
     assert first == second
 
 
 @pytest.mark.parametrize("name", sorted(CHECKERS))
 def test_stub_is_not_attempted_and_reference_is_returned(capsys, name):
     checker, reference = CHECKERS[name]
-    line, use = _run(capsys, checker, _stub)
+    line, use = run_checker(capsys, checker, stub)
     assert line.startswith(f"NOT ATTEMPTED {name}:"), line
     assert "Hint:" in line
     assert use is reference
 
-
-def _expect_failed(capsys, checker, fn, name, *fragments):
-    line, use = _run(capsys, checker, fn)
-    assert line.startswith(f"FAILED {name}:"), line
-    for fragment in fragments:
-        assert fragment in line, line
-    assert use is not fn
-    return line
 
 
 # ---- reference values -----------------------------------------------------------------
@@ -124,22 +100,22 @@ def huber_lax_cond(x, delta):
 
 
 def test_huber_python_if_fails_as_not_traceable(capsys):
-    _expect_failed(capsys, check.huber, huber_python_if, "huber",
+    expect_failed(capsys, check.huber, "huber", huber_python_if,
                    "cannot be traced", "TracerBoolConversionError")
 
 
-def test_huber_float_of_traced_delta_fails(capsys):
-    _expect_failed(capsys, check.huber, huber_float_delta, "huber",
+def test_huber_float_of_traced_deltaexpect_failed(capsys):
+    expect_failed(capsys, check.huber, "huber", huber_float_delta,
                    "cannot be traced", "ConcretizationTypeError")
 
 
 def test_huber_wrong_values_fail(capsys):
-    _expect_failed(capsys, check.huber, huber_forgot_abs, "huber", "differs from the reference")
+    expect_failed(capsys, check.huber, "huber", huber_forgot_abs, "differs from the reference")
 
 
-def test_huber_lax_cond_on_arrays_fails(capsys):
+def test_huber_lax_cond_on_arraysexpect_failed(capsys):
     # lax.cond works for a scalar but needs a scalar predicate: arrays fail
-    _expect_failed(capsys, check.huber, huber_lax_cond, "huber", "your function raised")
+    expect_failed(capsys, check.huber, "huber", huber_lax_cond, "your function raised")
 
 
 # ---- make_sgd_step --------------------------------------------------------------------
@@ -175,34 +151,34 @@ def make_wrong_gradient():
 
 
 def test_sgd_static_lr_fails_on_recompilation(capsys):
-    line = _expect_failed(capsys, check.make_sgd_step, make_static_lr, "make_sgd_step",
+    line = expect_failed(capsys, check.make_sgd_step, "make_sgd_step", make_static_lr,
                           "compiled 6 times for 6 calls", "static")
     assert "learning rate" in line
 
 
-def test_sgd_static_lr_by_position_fails(capsys):
-    _expect_failed(capsys, check.make_sgd_step, make_static_lr_by_position, "make_sgd_step",
+def test_sgd_static_lr_by_positionexpect_failed(capsys):
+    expect_failed(capsys, check.make_sgd_step, "make_sgd_step", make_static_lr_by_position,
                    "compiled 6 times")
 
 
 def test_sgd_python_float_fails_as_not_traceable(capsys):
-    _expect_failed(capsys, check.make_sgd_step, make_float_lr, "make_sgd_step",
+    expect_failed(capsys, check.make_sgd_step, "make_sgd_step", make_float_lr,
                    "cannot be traced", "ConcretizationTypeError")
 
 
-def test_sgd_not_jitted_fails(capsys):
-    _expect_failed(capsys, check.make_sgd_step, make_not_jitted, "make_sgd_step", "not jitted")
+def test_sgd_not_jittedexpect_failed(capsys):
+    expect_failed(capsys, check.make_sgd_step, "make_sgd_step", make_not_jitted, "not jitted")
 
 
 def test_sgd_wrong_values_fail(capsys):
-    _expect_failed(capsys, check.make_sgd_step, make_wrong_gradient, "make_sgd_step",
+    expect_failed(capsys, check.make_sgd_step, "make_sgd_step", make_wrong_gradient,
                    "differs from the reference")
 
 
 def test_sgd_reference_passes_again_after_its_shapes_were_compiled(capsys):
     # the second check must not be fooled or broken by JAX's compilation cache
     for _ in range(2):
-        line, _ = _run(capsys, check.make_sgd_step, check.reference_make_sgd_step)
+        line, _ = run_checker(capsys, check.make_sgd_step, check.reference_make_sgd_step)
         assert line.startswith("PASSED make_sgd_step:")
 
 
@@ -248,24 +224,24 @@ def ema_fori_loop(xs, decay):
 
 
 def test_ema_python_loop_fails_on_jaxpr_growth(capsys):
-    _expect_failed(capsys, check.ema, ema_python_loop, "ema",
+    expect_failed(capsys, check.ema, "ema", ema_python_loop,
                    "equations for 8 steps but", "lax.scan")
 
 
 def test_ema_at_set_loop_fails_on_jaxpr_growth(capsys):
-    _expect_failed(capsys, check.ema, ema_at_set_loop, "ema", "equations for 8 steps but")
+    expect_failed(capsys, check.ema, "ema", ema_at_set_loop, "equations for 8 steps but")
 
 
-def test_ema_wrong_start_fails(capsys):
-    _expect_failed(capsys, check.ema, ema_starts_from_first, "ema", "differs from the reference")
+def test_ema_wrong_startexpect_failed(capsys):
+    expect_failed(capsys, check.ema, "ema", ema_starts_from_first, "differs from the reference")
 
 
-def test_ema_python_if_fails(capsys):
-    _expect_failed(capsys, check.ema, ema_python_if_on_decay, "ema", "cannot be traced")
+def test_ema_python_ifexpect_failed(capsys):
+    expect_failed(capsys, check.ema, "ema", ema_python_if_on_decay, "cannot be traced")
 
 
 def test_ema_fori_loop_is_accepted(capsys):
-    line, use = _run(capsys, check.ema, ema_fori_loop)
+    line, use = run_checker(capsys, check.ema, ema_fori_loop)
     assert line.startswith("PASSED ema:"), line
     assert use is ema_fori_loop
 
@@ -299,28 +275,28 @@ def pad_returns_only_padded(x, bucket):
     return check.reference_pad_to_bucket(x, bucket)[0]
 
 
-def test_pad_one_bucket_too_many_fails(capsys):
-    _expect_failed(capsys, check.pad_to_bucket, pad_always_one_more_bucket, "pad_to_bucket",
+def test_pad_one_bucket_too_manyexpect_failed(capsys):
+    expect_failed(capsys, check.pad_to_bucket, "pad_to_bucket", pad_always_one_more_bucket,
                    "has shape")
 
 
-def test_pad_with_edge_values_fails(capsys):
-    _expect_failed(capsys, check.pad_to_bucket, pad_with_edge_values, "pad_to_bucket",
+def test_pad_with_edge_valuesexpect_failed(capsys):
+    expect_failed(capsys, check.pad_to_bucket, "pad_to_bucket", pad_with_edge_values,
                    "not all zeros")
 
 
-def test_pad_mask_all_true_fails(capsys):
-    _expect_failed(capsys, check.pad_to_bucket, pad_mask_all_true, "pad_to_bucket",
+def test_pad_mask_all_trueexpect_failed(capsys):
+    expect_failed(capsys, check.pad_to_bucket, "pad_to_bucket", pad_mask_all_true,
                    "False for the padding")
 
 
-def test_pad_mask_dtype_fails(capsys):
-    _expect_failed(capsys, check.pad_to_bucket, pad_mask_as_float, "pad_to_bucket",
+def test_pad_mask_dtypeexpect_failed(capsys):
+    expect_failed(capsys, check.pad_to_bucket, "pad_to_bucket", pad_mask_as_float,
                    "dtype float32 but expected bool")
 
 
-def test_pad_single_output_fails(capsys):
-    _expect_failed(capsys, check.pad_to_bucket, pad_returns_only_padded, "pad_to_bucket",
+def test_pad_single_outputexpect_failed(capsys):
+    expect_failed(capsys, check.pad_to_bucket, "pad_to_bucket", pad_returns_only_padded,
                    "expected a tuple")
 
 
@@ -330,5 +306,5 @@ def test_pad_jnp_implementation_is_accepted(capsys):
         m = bucket * math.ceil(n / bucket)
         return jnp.pad(x, [(0, m - n)] + [(0, 0)] * (x.ndim - 1)), jnp.arange(m) < n
 
-    line, _ = _run(capsys, check.pad_to_bucket, pad_jnp)
+    line, _ = run_checker(capsys, check.pad_to_bucket, pad_jnp)
     assert line.startswith("PASSED pad_to_bucket:"), line

@@ -7,34 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from checker_helpers import expect_failed, run_checker, stub
 
 from utils.checks import lesson03_vmap_grad as check
-from utils.exercises import VERDICT_LINE
-
-
-def _stub(*args):
-    raise NotImplementedError("not written yet")
-
-
-def _run(capsys, checker, fn):
-    """Run one checker; return (its single printed line, the function it returned)."""
-    use = checker(fn)
-    out = capsys.readouterr().out
-    lines = out.strip().splitlines()
-    assert len(lines) == 1, f"expected exactly one verdict line, got:\n{out}"
-    assert VERDICT_LINE.match(lines[0]), lines[0]
-    assert "Traceback" not in out
-    return lines[0], use
-
-
-def _expect_failed(capsys, checker, name, wrong, says):
-    line, use = _run(capsys, checker, wrong)
-    assert line.startswith(f"FAILED {name}:"), line
-    assert says in line, line
-    assert "Hint:" in line
-    assert use is not wrong
-    return line
-
 
 CHECKERS = {
     "pairwise_distances": (check.pairwise_distances, check.reference_pairwise_distances),
@@ -48,7 +23,7 @@ CHECKERS = {
 @pytest.mark.parametrize("name", sorted(CHECKERS))
 def test_reference_passes_and_is_returned(capsys, name):
     checker, reference = CHECKERS[name]
-    line, use = _run(capsys, checker, reference)
+    line, use = run_checker(capsys, checker, reference)
     assert line.startswith(f"PASSED {name}:"), line
     assert use is reference
 
@@ -56,7 +31,7 @@ def test_reference_passes_and_is_returned(capsys, name):
 @pytest.mark.parametrize("name", sorted(CHECKERS))
 def test_stub_is_not_attempted_and_reference_is_returned(capsys, name):
     checker, reference = CHECKERS[name]
-    line, use = _run(capsys, checker, _stub)
+    line, use = run_checker(capsys, checker, stub)
     assert line.startswith(f"NOT ATTEMPTED {name}:"), line
     assert "Hint:" in line
     assert use is reference
@@ -87,7 +62,7 @@ def test_pairwise_by_broadcasting_passes(capsys):
     def broadcast(xs, ys):  # manual batching is vectorised too: no loop in the jaxpr
         return jnp.sqrt(jnp.sum((xs[:, None, :] - ys[None, :, :]) ** 2, axis=-1))
 
-    line, use = _run(capsys, check.pairwise_distances, broadcast)
+    line, use = run_checker(capsys, check.pairwise_distances, broadcast)
     assert line.startswith("PASSED pairwise_distances:"), line
     assert "does not grow" in line
     assert use is broadcast
@@ -136,7 +111,7 @@ def _pairwise_transposed(xs, ys):
     (_pairwise_transposed, "has shape (5, 3) but expected (3, 5)"),
 ])
 def test_pairwise_wrong_answers_fail(capsys, wrong, says):
-    _expect_failed(capsys, check.pairwise_distances, "pairwise_distances", wrong, says)
+    expect_failed(capsys, check.pairwise_distances, "pairwise_distances", wrong, says)
 
 
 # ---- global_norm ---------------------------------------------------------------------------
@@ -174,7 +149,7 @@ def _norm_python_float(tree):
     (_norm_python_float, "it should return one number"),
 ])
 def test_global_norm_wrong_answers_fail(capsys, wrong, says):
-    _expect_failed(capsys, check.global_norm, "global_norm", wrong, says)
+    expect_failed(capsys, check.global_norm, "global_norm", wrong, says)
 
 
 # ---- mse_with_aux --------------------------------------------------------------------------
@@ -221,7 +196,7 @@ def _aux_wrong_mae(params, xs, ys):
     (_aux_wrong_mae, "aux['mae'] differs from the reference"),
 ])
 def test_mse_with_aux_wrong_answers_fail(capsys, wrong, says):
-    _expect_failed(capsys, check.mse_with_aux, "mse_with_aux", wrong, says)
+    expect_failed(capsys, check.mse_with_aux, "mse_with_aux", wrong, says)
 
 
 # ---- per_example_grads ---------------------------------------------------------------------
@@ -262,7 +237,7 @@ def _grads_params_mapped(params, xs, ys):
     (_grads_params_mapped, "your function raised ValueError"),
 ])
 def test_per_example_grads_wrong_answers_fail(capsys, wrong, says):
-    _expect_failed(capsys, check.per_example_grads, "per_example_grads", wrong, says)
+    expect_failed(capsys, check.per_example_grads, "per_example_grads", wrong, says)
 
 
 # ---- numerical_grad ------------------------------------------------------------------------
@@ -309,7 +284,7 @@ def _fd_python_loop_forward(f, x, eps=1e-2):
     (_fd_uses_autodiff, "finite differences must only evaluate f"),
 ])
 def test_numerical_grad_wrong_answers_fail(capsys, wrong, says):
-    _expect_failed(capsys, check.numerical_grad, "numerical_grad", wrong, says)
+    expect_failed(capsys, check.numerical_grad, "numerical_grad", wrong, says)
 
 
 def test_numerical_grad_python_loop_central_passes(capsys):
@@ -320,5 +295,5 @@ def test_numerical_grad_python_loop_central_passes(capsys):
                   for i in range(flat.size)]
         return jnp.stack(slopes).reshape(x.shape)
 
-    line, _ = _run(capsys, check.numerical_grad, loop_central)
+    line, _ = run_checker(capsys, check.numerical_grad, loop_central)
     assert line.startswith("PASSED numerical_grad:"), line
