@@ -131,10 +131,12 @@ def torch_variant(steps: int, batch_size: int, threads: int,
     return {"pytorch eager": run}, where
 
 
-def measure(variants: dict[str, Callable[[], None]], rounds: int) -> tuple[dict[str, float],
-                                                                          dict[str, float]]:
+def measure(variants: dict[str, Callable[[], None]], rounds: int,
+            pause: float = 0.0) -> tuple[dict[str, float], dict[str, float]]:
     """Warm each variant up once, then ``rounds`` interleaved rounds.
 
+    ``pause`` seconds of idling before each timed run let the previous library's worker
+    threads go to sleep (busy-waiting threads would steal cores from the next variant).
     Returns ``(warm-up seconds, median seconds per run)`` per variant.
     """
     warmup = {}
@@ -145,6 +147,7 @@ def measure(variants: dict[str, Callable[[], None]], rounds: int) -> tuple[dict[
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, run in variants.items():
+            time.sleep(pause)
             start = time.perf_counter()
             run()
             samples[name].append(time.perf_counter() - start)
@@ -158,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=usable_cores(),
                         help="torch.set_num_threads on CPU (default: usable cores)")
+    parser.add_argument("--pause", type=float, default=0.5,
+                        help="seconds idle before each timed run (default 0.5)")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     args = parser.parse_args(argv)
     for name in ("steps", "rounds", "batch_size", "threads"):
@@ -168,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {d.platform}:{d.id} {d.device_kind}; {usable_cores()} usable CPU cores; "
           f"JAX {jax.__version__}")
     print(f"config: MLP {'-'.join(map(str, LAYERS))}, Adam, batch {args.batch_size}, "
-          f"{args.steps} steps per round, {args.rounds} rounds, interleaved")
+          f"{args.steps} steps per round, {args.rounds} rounds, interleaved, "
+          f"{args.pause:g} s pause before each run")
     variants = jax_variants(args.steps, args.batch_size)
     if args.no_torch:
         print("pytorch: skipped (--no-torch); comparing the JAX variants only")
@@ -182,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pytorch: {where}")
             variants.update(torch_runs)
 
-    warmup, median = measure(variants, args.rounds)
+    warmup, median = measure(variants, args.rounds, max(args.pause, 0.0))
     examples = args.steps * args.batch_size
     rate = {name: examples / seconds for name, seconds in median.items()}
     for name in variants:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "mlp_throughput.py"
-TINY = ["--steps", "3", "--rounds", "2", "--batch-size", "8"]
+TINY = ["--steps", "3", "--rounds", "2", "--batch-size", "8", "--pause", "0"]
 RATE = r"\d+ examples/s \(median of 2 rounds; warm-up incl\. compile \d+\.\d+ s\)"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
