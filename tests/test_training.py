@@ -248,3 +248,15 @@ def test_evaluate_validates_when_asked():
         training.evaluate(model, images, labels, num_classes=2)
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         training.evaluate(model, images, labels, batch_size=0)
+
+
+def test_step_loop_copies_nothing_from_the_host():
+    images, labels = jax.device_put(_toy_data())
+    model, optimizer = _model_and_optimizer()
+    step = training.make_train_step()
+    batches = training.shuffled_batch_indices(jax.random.key(0), 96, 16)
+    step(model, optimizer, images, labels, batches[0])  # compile outside the guard
+    with jax.transfer_guard_host_to_device("disallow"):
+        for indices in batches:
+            loss, _ = step(model, optimizer, images, labels, indices)
+    assert np.isfinite(float(loss))
