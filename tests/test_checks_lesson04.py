@@ -8,35 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from checker_helpers import expect_failed, run_checker, stub
 from flax import nnx
 
 from utils import training
 from utils.checks import lesson04_mnist_mlp as check
-from utils.exercises import VERDICT_LINE
-
-
-def _stub(*args, **kwargs):
-    raise NotImplementedError("not written yet")
-
-
-def _run(capsys, checker, answer):
-    """Run one checker; return (its single printed line, what it returned)."""
-    use = checker(answer)
-    out = capsys.readouterr().out
-    lines = out.strip().splitlines()
-    assert len(lines) == 1, f"expected exactly one verdict line, got:\n{out}"
-    assert VERDICT_LINE.match(lines[0]), lines[0]
-    assert "Traceback" not in out
-    return lines[0], use
-
-
-def _expect_failed(capsys, checker, name, wrong, says=""):
-    line, use = _run(capsys, checker, wrong)
-    assert line.startswith(f"FAILED {name}:"), line
-    assert says in line, line
-    assert "Hint:" in line
-    assert use is not wrong
-    return line
 
 
 class _MLPBase(nnx.Module):
@@ -95,7 +71,7 @@ STUBS = {"MLP.__call__": StubMLP}
 @pytest.mark.parametrize("name", sorted(REFERENCES))
 def test_reference_passes_and_is_returned(capsys, name):
     checker, reference = REFERENCES[name]
-    line, use = _run(capsys, checker, reference)
+    line, use = run_checker(capsys, checker, reference)
     assert line.startswith(f"PASSED {name}:"), line
     assert use is reference
 
@@ -103,7 +79,7 @@ def test_reference_passes_and_is_returned(capsys, name):
 @pytest.mark.parametrize("name", sorted(REFERENCES))
 def test_stub_is_not_attempted_and_reference_is_returned(capsys, name):
     checker, reference = REFERENCES[name]
-    line, use = _run(capsys, checker, STUBS.get(name, _stub))
+    line, use = run_checker(capsys, checker, STUBS.get(name, stub))
     assert line.startswith(f"NOT ATTEMPTED {name}:"), line
     assert use is reference
 
@@ -112,25 +88,25 @@ def test_stub_is_not_attempted_and_reference_is_returned(capsys, name):
 
 
 def test_mlp_student_class_with_own_layout_passes(capsys):
-    line, use = _run(capsys, check.mlp, StudentMLP)
+    line, use = run_checker(capsys, check.mlp, StudentMLP)
     assert line.startswith("PASSED MLP.__call__:"), line
     assert use is StudentMLP
 
 
 def test_mlp_without_relu_fails(capsys):
-    _expect_failed(capsys, check.mlp, "MLP.__call__", NoReluMLP, "differs from")
+    expect_failed(capsys, check.mlp, "MLP.__call__", NoReluMLP, "differs from")
 
 
 def test_mlp_with_relu_on_logits_fails(capsys):
-    _expect_failed(capsys, check.mlp, "MLP.__call__", ReluOnLogitsMLP, "never negative")
+    expect_failed(capsys, check.mlp, "MLP.__call__", ReluOnLogitsMLP, "never negative")
 
 
 def test_mlp_without_flatten_fails(capsys):
-    _expect_failed(capsys, check.mlp, "MLP.__call__", NoFlattenMLP, "raised")
+    expect_failed(capsys, check.mlp, "MLP.__call__", NoFlattenMLP, "raised")
 
 
 def test_mlp_skipping_a_layer_fails(capsys):
-    _expect_failed(capsys, check.mlp, "MLP.__call__", OneHiddenMLP, "differs from")
+    expect_failed(capsys, check.mlp, "MLP.__call__", OneHiddenMLP, "differs from")
 
 
 # --- cross_entropy_loss --------------------------------------------------------------------
@@ -146,7 +122,7 @@ def test_loss_naive_log_softmax_fails_on_large_logits(capsys):
     labels = jnp.arange(8) % 10
     np.testing.assert_allclose(naive(logits, labels),
                                training.cross_entropy_loss(logits, labels), rtol=1e-5)
-    _expect_failed(capsys, check.cross_entropy_loss, "cross_entropy_loss", naive)
+    expect_failed(capsys, check.cross_entropy_loss, "cross_entropy_loss", naive)
 
 
 def test_loss_on_softmax_probabilities_fails(capsys):
@@ -154,7 +130,7 @@ def test_loss_on_softmax_probabilities_fails(capsys):
         return optax.softmax_cross_entropy_with_integer_labels(
             jax.nn.softmax(logits), labels).mean()
 
-    _expect_failed(capsys, check.cross_entropy_loss, "cross_entropy_loss", softmax_first,
+    expect_failed(capsys, check.cross_entropy_loss, "cross_entropy_loss", softmax_first,
                    "differs")
 
 
@@ -162,14 +138,14 @@ def test_loss_summed_not_averaged_fails(capsys):
     def summed(logits, labels):
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
 
-    _expect_failed(capsys, check.cross_entropy_loss, "cross_entropy_loss", summed, "differs")
+    expect_failed(capsys, check.cross_entropy_loss, "cross_entropy_loss", summed, "differs")
 
 
 def test_loss_per_example_not_reduced_fails(capsys):
     def unreduced(logits, labels):
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
-    _expect_failed(capsys, check.cross_entropy_loss, "cross_entropy_loss", unreduced, "shape")
+    expect_failed(capsys, check.cross_entropy_loss, "cross_entropy_loss", unreduced, "shape")
 
 
 # --- accuracy ------------------------------------------------------------------------------
@@ -179,21 +155,21 @@ def test_accuracy_count_not_fraction_fails(capsys):
     def count(logits, labels):
         return jnp.sum(jnp.argmax(logits, axis=-1) == labels)
 
-    _expect_failed(capsys, check.accuracy, "accuracy", count, "dtype")
+    expect_failed(capsys, check.accuracy, "accuracy", count, "dtype")
 
 
 def test_accuracy_wrong_axis_fails(capsys):
     def wrong_axis(logits, labels):
         return jnp.mean(jnp.argmax(logits, axis=0)[: len(labels)] == labels[: logits.shape[1]])
 
-    _expect_failed(capsys, check.accuracy, "accuracy", wrong_axis)
+    expect_failed(capsys, check.accuracy, "accuracy", wrong_axis)
 
 
 def test_accuracy_argmin_fails(capsys):
     def argmin(logits, labels):
         return jnp.mean(jnp.argmin(logits, axis=-1) == labels)
 
-    _expect_failed(capsys, check.accuracy, "accuracy", argmin, "differs")
+    expect_failed(capsys, check.accuracy, "accuracy", argmin, "differs")
 
 
 # --- shuffled_batch_indices ----------------------------------------------------------------
@@ -203,7 +179,7 @@ def test_batches_unshuffled_fail(capsys):
     def in_order(key, n, bs):
         return jnp.arange(n // bs * bs).reshape(-1, bs)
 
-    _expect_failed(capsys, check.shuffled_batch_indices, "shuffled_batch_indices", in_order,
+    expect_failed(capsys, check.shuffled_batch_indices, "shuffled_batch_indices", in_order,
                    "in order")
 
 
@@ -211,7 +187,7 @@ def test_batches_with_replacement_fail(capsys):
     def with_replacement(key, n, bs):
         return jax.random.randint(key, (n // bs, bs), 0, n)
 
-    _expect_failed(capsys, check.shuffled_batch_indices, "shuffled_batch_indices",
+    expect_failed(capsys, check.shuffled_batch_indices, "shuffled_batch_indices",
                    with_replacement, "appear twice")
 
 
@@ -221,7 +197,7 @@ def test_batches_keeping_the_remainder_fail(capsys):
         count = -(-n // bs)
         return jnp.pad(perm, (0, count * bs - n), mode="wrap").reshape(count, bs)
 
-    _expect_failed(capsys, check.shuffled_batch_indices, "shuffled_batch_indices", padded,
+    expect_failed(capsys, check.shuffled_batch_indices, "shuffled_batch_indices", padded,
                    "drop the last")
 
 
@@ -229,14 +205,14 @@ def test_batches_with_numpy_fail(capsys):
     def with_numpy(key, n, bs):
         return np.random.permutation(n)[: n // bs * bs].reshape(-1, bs)
 
-    _expect_failed(capsys, check.shuffled_batch_indices, "shuffled_batch_indices", with_numpy)
+    expect_failed(capsys, check.shuffled_batch_indices, "shuffled_batch_indices", with_numpy)
 
 
 def test_batches_ignoring_the_key_fail(capsys):
     def fixed_key(key, n, bs):
         return training.shuffled_batch_indices(jax.random.key(0), n, bs)
 
-    _expect_failed(capsys, check.shuffled_batch_indices, "shuffled_batch_indices", fixed_key,
+    expect_failed(capsys, check.shuffled_batch_indices, "shuffled_batch_indices", fixed_key,
                    "different keys")
 
 
@@ -248,7 +224,7 @@ def test_train_step_without_update_fails(capsys):
         logits = model(images)
         return training.cross_entropy_loss(logits, labels), training.accuracy(logits, labels)
 
-    _expect_failed(capsys, check.train_step, "train_step", no_update, "did not change")
+    expect_failed(capsys, check.train_step, "train_step", no_update, "did not change")
 
 
 def test_train_step_loss_after_update_fails(capsys):
@@ -257,7 +233,7 @@ def test_train_step_loss_after_update_fails(capsys):
         logits = model(images)
         return training.cross_entropy_loss(logits, labels), training.accuracy(logits, labels)
 
-    _expect_failed(capsys, check.train_step, "train_step", loss_after, "before the update")
+    expect_failed(capsys, check.train_step, "train_step", loss_after, "before the update")
 
 
 def test_train_step_gradient_ascent_fails(capsys):
@@ -270,11 +246,11 @@ def test_train_step_gradient_ascent_fails(capsys):
         optimizer.update(model, grads)
         return -loss, training.accuracy(logits, labels)
 
-    _expect_failed(capsys, check.train_step, "train_step", ascent, "updated parameters differ")
+    expect_failed(capsys, check.train_step, "train_step", ascent, "updated parameters differ")
 
 
 def test_train_step_returning_only_loss_fails(capsys):
     def only_loss(model, optimizer, images, labels):
         return training.train_batch(model, optimizer, images, labels)[0]
 
-    _expect_failed(capsys, check.train_step, "train_step", only_loss, "expected a tuple")
+    expect_failed(capsys, check.train_step, "train_step", only_loss, "expected a tuple")
