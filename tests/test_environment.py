@@ -34,8 +34,15 @@ def run_fresh(code: str, timeout: float = 60) -> dict:
 
 @pytest.fixture
 def no_gpu_vars(monkeypatch):
+    """Unset the GPU variables, and restore the environment as it was after the test.
+
+    (setenv first so that monkeypatch records the original state even when a variable was
+    absent: otherwise what the code under test sets would leak into later tests, and into
+    the notebook kernels that inherit this process's environment.)
+    """
     for name in GPU_VARS:
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "placeholder")
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture
