@@ -25,8 +25,12 @@ def execute(path: Path, timeout: int = 900) -> float:
     """Execute one notebook in place; return the seconds it took."""
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
+    # No timestamps and no widget state (progress bars): a re-run then changes only what
+    # really changed.
     NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                   store_widget_state=False,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
+    nb.metadata.pop("widgets", None)
     seconds = time.perf_counter() - start
     path.write_text(generate_course.render(nb))
     return seconds

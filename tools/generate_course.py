@@ -150,6 +150,7 @@ def make_student(
 ) -> nbformat.NotebookNode:
     """The student notebook generated from a (synced) solution notebook."""
     nb = copy.deepcopy(solution)
+    nb.metadata.pop("widgets", None)  # widget state belongs to outputs, which are cleared
     cells = []
     for cell in nb.cells:
         tags = cell.get("metadata", {}).get("tags", [])
