@@ -7,8 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
-from checker_helpers import expect_failed, run_checker, stub
+from checker_helpers import expect_failed, run_checker
 from flax import nnx
 
 from utils import training
@@ -23,10 +22,6 @@ class _MLPBase(nnx.Module):
         self.hidden2 = nnx.Linear(dhidden, dhidden, rngs=rngs)
         self.out = nnx.Linear(dhidden, dout, rngs=rngs)
 
-
-class StubMLP(_MLPBase):
-    def __call__(self, x):
-        raise NotImplementedError("write the forward pass")
 
 
 class StudentMLP(_MLPBase):
@@ -58,30 +53,12 @@ class OneHiddenMLP(_MLPBase):
         return self.out(nnx.relu(self.hidden1(x)))
 
 
-REFERENCES = {
-    "MLP.__call__": (check.mlp, training.MLP),
-    "cross_entropy_loss": (check.cross_entropy_loss, training.cross_entropy_loss),
-    "accuracy": (check.accuracy, training.accuracy),
-    "shuffled_batch_indices": (check.shuffled_batch_indices, training.shuffled_batch_indices),
-    "train_step": (check.train_step, training.train_batch),
-}
-STUBS = {"MLP.__call__": StubMLP}
 
 
-@pytest.mark.parametrize("name", sorted(REFERENCES))
-def test_reference_passes_and_is_returned(capsys, name):
-    checker, reference = REFERENCES[name]
-    line, use = run_checker(capsys, checker, reference)
-    assert line.startswith(f"PASSED {name}:"), line
-    assert use is reference
 
 
-@pytest.mark.parametrize("name", sorted(REFERENCES))
-def test_stub_is_not_attempted_and_reference_is_returned(capsys, name):
-    checker, reference = REFERENCES[name]
-    line, use = run_checker(capsys, checker, STUBS.get(name, stub))
-    assert line.startswith(f"NOT ATTEMPTED {name}:"), line
-    assert use is reference
+
+
 
 
 # --- MLP.__call__ --------------------------------------------------------------------------

@@ -1,0 +1,128 @@
+"""What every lesson checker must do, tested for all of them in one place.
+
+- the reference solution PASSES, and the checker hands it back;
+- its PASSED line is the same on every run (strict nbval compares it), although the inputs
+  are fresh random ones each time;
+- a blank exercise (the generated stub) is NOT ATTEMPTED, and the reference is handed back;
+- an answer that crashes is FAILED, in one line naming the error, never a traceback.
+
+A new checker joins by being listed in CHECKERS. Lesson-specific behaviour (typical wrong
+answers) is tested in tests/test_checks_lessonNN.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from checker_helpers import expect_failed, run_checker, stub
+
+from utils import training
+from utils.checks import lesson00_setup as l00
+from utils.checks import lesson01_gpu_basics as l01
+from utils.checks import lesson02_jit as l02
+from utils.checks import lesson03_vmap_grad as l03
+from utils.checks import lesson04_mnist_mlp as l04
+
+CHECKERS = {
+    "00 array_nbytes": (l00.array_nbytes, l00.reference_array_nbytes),
+    "00 to_unit_float": (l00.to_unit_float, l00.reference_to_unit_float),
+    "00 class_counts": (l00.class_counts, l00.reference_class_counts),
+    "01 matmul_flops": (l01.matmul_flops, l01.reference_matmul_flops),
+    "01 matmul_bytes": (l01.matmul_bytes, l01.reference_matmul_bytes),
+    "01 time_call": (l01.time_call, l01.reference_time_call),
+    "02 huber": (l02.huber, l02.reference_huber),
+    "02 make_sgd_step": (l02.make_sgd_step, l02.reference_make_sgd_step),
+    "02 ema": (l02.ema, l02.reference_ema),
+    "02 pad_to_bucket": (l02.pad_to_bucket, l02.reference_pad_to_bucket),
+    "03 pairwise_distances": (l03.pairwise_distances, l03.reference_pairwise_distances),
+    "03 global_norm": (l03.global_norm, l03.reference_global_norm),
+    "03 mse_with_aux": (l03.mse_with_aux, l03.reference_mse_with_aux),
+    "03 per_example_grads": (l03.per_example_grads, l03.reference_per_example_grads),
+    "03 numerical_grad": (l03.numerical_grad, l03.reference_numerical_grad),
+    "04 MLP.__call__": (l04.mlp, training.MLP),
+    "04 cross_entropy_loss": (l04.cross_entropy_loss, training.cross_entropy_loss),
+    "04 accuracy": (l04.accuracy, training.accuracy),
+    "04 shuffled_batch_indices": (l04.shuffled_batch_indices, training.shuffled_batch_indices),
+    "04 train_step": (l04.train_step, training.train_batch),
+}
+
+
+class _BlankMLP(training.MLP):
+    """Lesson 04's blank exercise is a class whose forward pass is not written yet."""
+
+    def __call__(self, x):
+        raise NotImplementedError("write the forward pass")
+
+
+class _CrashingMLP(training.MLP):
+    def __call__(self, x):
+        return 1 / 0
+
+
+def _exercise(key: str) -> str:
+    return key.split(" ", 1)[1]
+
+
+def _blank(key: str):
+    return _BlankMLP if key == "04 MLP.__call__" else stub
+
+
+def _crashing(key: str):
+    if key == "04 MLP.__call__":
+        return _CrashingMLP
+
+    def crashes(*args, **kwargs):
+        return 1 / 0
+
+    return crashes
+
+
+@pytest.mark.parametrize("key", list(CHECKERS))
+def test_reference_passes_and_is_returned(capsys, key):
+    checker, reference = CHECKERS[key]
+    line, use = run_checker(capsys, checker, reference)
+    assert line.startswith(f"PASSED {_exercise(key)}:"), line
+    assert use is reference
+
+
+@pytest.mark.parametrize("key", list(CHECKERS))
+def test_passed_line_is_the_same_every_run(capsys, key):
+    checker, reference = CHECKERS[key]
+    first, _ = run_checker(capsys, checker, reference)
+    second, _ = run_checker(capsys, checker, reference)
+    assert first == second
+
+
+@pytest.mark.parametrize("key", list(CHECKERS))
+def test_blank_exercise_is_not_attempted_and_reference_is_returned(capsys, key):
+    checker, reference = CHECKERS[key]
+    line, use = run_checker(capsys, checker, _blank(key))
+    assert line.startswith(f"NOT ATTEMPTED {_exercise(key)}:"), line
+    assert "Hint:" in line and "continues with the reference" in line
+    assert use is reference
+
+
+@pytest.mark.parametrize("key", list(CHECKERS))
+def test_a_crashing_answer_fails_in_one_line(capsys, key):
+    checker, _ = CHECKERS[key]
+    expect_failed(capsys, checker, _exercise(key), _crashing(key), "ZeroDivisionError")
+
+
+def test_every_checker_of_every_lesson_is_listed():
+    """A checker is a function of utils/checks/lessonNN_*.py taking ``student_fn`` or
+    ``student_cls`` first; each must be listed above, so each gets the tests above."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import utils.checks
+
+    listed = {checker for checker, _ in CHECKERS.values()}
+    found = []
+    for info in pkgutil.iter_modules(utils.checks.__path__):
+        module = importlib.import_module(f"utils.checks.{info.name}")
+        for name, f in inspect.getmembers(module, inspect.isfunction):
+            params = list(inspect.signature(f).parameters)
+            if f.__module__ == module.__name__ and params and params[0].startswith("student"):
+                found.append(f)
+                assert f in listed, f"{info.name}.{name} is a checker missing from CHECKERS"
+    assert len(found) == len(CHECKERS)
