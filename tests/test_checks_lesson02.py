@@ -68,7 +68,7 @@ def test_huber_python_if_fails_as_not_traceable(capsys):
                    "cannot be traced", "TracerBoolConversionError")
 
 
-def test_huber_float_of_traced_deltaexpect_failed(capsys):
+def test_huber_float_of_traced_delta_fails(capsys):
     expect_failed(capsys, check.huber, "huber", huber_float_delta,
                    "cannot be traced", "ConcretizationTypeError")
 
@@ -77,7 +77,7 @@ def test_huber_wrong_values_fail(capsys):
     expect_failed(capsys, check.huber, "huber", huber_forgot_abs, "differs from the reference")
 
 
-def test_huber_lax_cond_on_arraysexpect_failed(capsys):
+def test_huber_lax_cond_on_arrays_fails(capsys):
     # lax.cond works for a scalar but needs a scalar predicate: arrays fail
     expect_failed(capsys, check.huber, "huber", huber_lax_cond, "your function raised")
 
@@ -120,7 +120,7 @@ def test_sgd_static_lr_fails_on_recompilation(capsys):
     assert "learning rate" in line
 
 
-def test_sgd_static_lr_by_positionexpect_failed(capsys):
+def test_sgd_static_lr_by_position_fails(capsys):
     expect_failed(capsys, check.make_sgd_step, "make_sgd_step", make_static_lr_by_position,
                    "compiled 6 times")
 
@@ -130,7 +130,7 @@ def test_sgd_python_float_fails_as_not_traceable(capsys):
                    "cannot be traced", "ConcretizationTypeError")
 
 
-def test_sgd_not_jittedexpect_failed(capsys):
+def test_sgd_not_jitted_fails(capsys):
     expect_failed(capsys, check.make_sgd_step, "make_sgd_step", make_not_jitted, "not jitted")
 
 
@@ -196,11 +196,11 @@ def test_ema_at_set_loop_fails_on_jaxpr_growth(capsys):
     expect_failed(capsys, check.ema, "ema", ema_at_set_loop, "equations for 8 steps but")
 
 
-def test_ema_wrong_startexpect_failed(capsys):
+def test_ema_wrong_start_fails(capsys):
     expect_failed(capsys, check.ema, "ema", ema_starts_from_first, "differs from the reference")
 
 
-def test_ema_python_ifexpect_failed(capsys):
+def test_ema_python_if_fails(capsys):
     expect_failed(capsys, check.ema, "ema", ema_python_if_on_decay, "cannot be traced")
 
 
@@ -239,27 +239,27 @@ def pad_returns_only_padded(x, bucket):
     return check.reference_pad_to_bucket(x, bucket)[0]
 
 
-def test_pad_one_bucket_too_manyexpect_failed(capsys):
+def test_pad_one_bucket_too_many_fails(capsys):
     expect_failed(capsys, check.pad_to_bucket, "pad_to_bucket", pad_always_one_more_bucket,
                    "has shape")
 
 
-def test_pad_with_edge_valuesexpect_failed(capsys):
+def test_pad_with_edge_values_fails(capsys):
     expect_failed(capsys, check.pad_to_bucket, "pad_to_bucket", pad_with_edge_values,
                    "not all zeros")
 
 
-def test_pad_mask_all_trueexpect_failed(capsys):
+def test_pad_mask_all_true_fails(capsys):
     expect_failed(capsys, check.pad_to_bucket, "pad_to_bucket", pad_mask_all_true,
                    "False for the padding")
 
 
-def test_pad_mask_dtypeexpect_failed(capsys):
+def test_pad_mask_dtype_fails(capsys):
     expect_failed(capsys, check.pad_to_bucket, "pad_to_bucket", pad_mask_as_float,
                    "dtype float32 but expected bool")
 
 
-def test_pad_single_outputexpect_failed(capsys):
+def test_pad_single_output_fails(capsys):
     expect_failed(capsys, check.pad_to_bucket, "pad_to_bucket", pad_returns_only_padded,
                    "expected a tuple")
 
