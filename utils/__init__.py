@@ -15,10 +15,11 @@ Modules (and the lesson that introduces each):
 - ``errors``: ``expect_error``, to show an expected error and go on (00).
 - ``introspection``: compilation counter, jaxpr size, traceability checks (02).
 - ``training``: Flax NNX + Optax training steps, evaluation and epoch loops (04).
+- ``sizing``: ``sized(cpu=, gpu=, smoke=)``, the one helper that sizes a lesson's work (05).
 - ``checks``: one module of exercise checkers per lesson.
 """
 
 __all__ = [
     "checks", "data", "environment", "errors", "exercises", "introspection", "plotting",
-    "timing", "training",
+    "sizing", "timing", "training",
 ]

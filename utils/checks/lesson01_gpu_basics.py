@@ -250,7 +250,6 @@ _SCENARIOS = ((0.06, 0.4, 1), (0.03, 0.4, 2))  # (work_s, compile_s, number of a
 
 
 def _check_time_call(fn: Callable[..., Any]) -> str:
-    measured = []
     for work_s, compile_s, nargs in _SCENARIOS:
         args = tuple(np.ones(i + 2, dtype=np.float32) for i in range(nargs))
         device = _SimulatedDevice(work_s, compile_s, args)
@@ -283,10 +282,14 @@ def _check_time_call(fn: Callable[..., Any]) -> str:
                 f"the timing includes the {compile_s:g} s first call (tracing and compiling). "
                 "Call fn once before starting the clock."
             )
-        measured.append((got, work_s))
-    return ("waits for the asynchronous result and leaves the first call (compilation) out: "
-            + "; ".join(f"measured {g * 1000:.0f} ms for a {w * 1000:.0f} ms call"
-                        for g, w in measured))
+    # Nothing measured goes into the PASSED line: strict nbval compares it, and a measured
+    # time differs from run to run (it flaked under load when it was printed).
+    return ("waits for the asynchronous result and leaves the first call (compilation) out "
+            f"(tried on simulated calls of {_describe_scenarios()})")
+
+
+def _describe_scenarios() -> str:
+    return " and ".join(f"{w * 1000:.0f} ms" for w, _, _ in _SCENARIOS)
 
 
 def time_call(student_fn: Callable[..., Any]) -> Callable[..., Any]:
