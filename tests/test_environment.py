@@ -19,7 +19,8 @@ import pytest
 
 from utils import environment
 
-GPU_VARS = ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION")
+GPU_VARS = ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_CLIENT_MEM_FRACTION",
+            "XLA_PYTHON_CLIENT_MEM_FRACTION")
 
 
 def run_fresh(code: str, timeout: float = 60) -> dict:
@@ -147,18 +148,39 @@ def test_configure_gpu_memory_sets_the_variables_before_jax_starts(monkeypatch, 
 
     assert environment.configure_gpu_memory() == {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
-    assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in os.environ
+    assert "XLA_CLIENT_MEM_FRACTION" not in os.environ
 
+    # The current name of the fraction variable, not the deprecated XLA_PYTHON_CLIENT_...
     wanted = environment.configure_gpu_memory(preallocate=True, fraction=0.5)
-    assert wanted == {"XLA_PYTHON_CLIENT_PREALLOCATE": "true",
-                      "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.50"}
-    assert {k: os.environ[k] for k in GPU_VARS} == wanted
+    assert wanted == {"XLA_PYTHON_CLIENT_PREALLOCATE": "true", "XLA_CLIENT_MEM_FRACTION": "0.50"}
+    assert {k: os.environ[k] for k in GPU_VARS if k in os.environ} == wanted
 
     environment.configure_gpu_memory(fraction=1)
-    assert os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "1.00"
+    assert os.environ["XLA_CLIENT_MEM_FRACTION"] == "1.00"
 
 
-@pytest.mark.parametrize("fraction", [0, 0.0, -0.5, 1.01, 75, float("nan")])
+def test_configure_gpu_memory_removes_the_deprecated_name(monkeypatch, no_gpu_vars):
+    """JAX refuses to start (ValueError) when both fraction variables are set."""
+    monkeypatch.setattr(environment, "jax_started", lambda: False)
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", ".9")
+    environment.configure_gpu_memory()  # no fraction asked for: the user's own setting stays
+    assert os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] == ".9"
+    environment.configure_gpu_memory(fraction=0.25)
+    assert os.environ["XLA_CLIENT_MEM_FRACTION"] == "0.25"
+    assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in os.environ
+
+
+def test_jaxlib_reads_the_current_fraction_variable():
+    """The installed jaxlib reads XLA_CLIENT_MEM_FRACTION (the variable the helper sets)."""
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.find_spec("jaxlib")
+    source = (pathlib.Path(spec.origin).parent / "xla_client.py").read_text()
+    assert "XLA_CLIENT_MEM_FRACTION" in source
+
+
+@pytest.mark.parametrize("fraction", [0, 0.0, -0.5, 1.01, 75, float("nan"), "0.5", True])
 def test_configure_gpu_memory_rejects_a_bad_fraction(monkeypatch, no_gpu_vars, fraction):
     monkeypatch.setattr(environment, "jax_started", lambda: False)
     with pytest.raises(ValueError, match="fraction"):
@@ -180,7 +202,7 @@ def test_configure_gpu_memory_after_jax_started(monkeypatch, no_gpu_vars, jax_is
     with pytest.raises(environment.RestartKernelError):
         environment.configure_gpu_memory(fraction=0.3)
     assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
-    assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in os.environ
+    assert "XLA_CLIENT_MEM_FRACTION" not in os.environ
 
 
 # ---------------------------------------------------------------------------- reports
@@ -221,3 +243,10 @@ def test_device_summary_and_accelerator_match_jax(jax_is_running):
     assert [line.split()[0] for line in lines] == [f"{d.platform}:{d.id}" for d in jax.devices()]
     assert environment.accelerator() == jax.default_backend()
     assert environment.accelerator() in ("cpu", "gpu", "tpu")
+
+
+def test_report_looks_for_both_cuda_plugins():
+    """JAX's install page leads with jax[cuda13]; the course's extra installs jax[cuda12]."""
+    assert {"jax-cuda12-plugin", "jax-cuda13-plugin"} <= set(environment.REPORTED_PACKAGES)
+    found = environment.versions()
+    assert "jax-cuda12-plugin" in found and "jax-cuda13-plugin" in found

@@ -28,7 +28,13 @@ __all__ = [
 ]
 
 #: Packages whose versions go into :func:`report`.
-REPORTED_PACKAGES = ("jax", "jaxlib", "jax-cuda12-plugin", "flax", "optax", "numpy")
+REPORTED_PACKAGES = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "optax",
+                     "numpy")
+
+#: The variable that caps (or, with preallocation on, sets) the share of GPU memory JAX uses.
+MEM_FRACTION_VARIABLE = "XLA_CLIENT_MEM_FRACTION"
+#: Its deprecated old name; JAX refuses to start when both are set.
+DEPRECATED_MEM_FRACTION_VARIABLE = "XLA_PYTHON_CLIENT_MEM_FRACTION"
 
 
 class RestartKernelError(RuntimeError):
@@ -71,24 +77,35 @@ def configure_gpu_memory(
 ) -> dict[str, str]:
     """Set how JAX claims GPU memory; call before JAX starts. CPU runs ignore these settings.
 
-    By default JAX grabs 75% of a GPU's memory when it starts, so a second notebook on the
-    same GPU fails with out-of-memory. ``preallocate=False`` makes JAX allocate what it
-    needs as it goes, so several JupyterLab kernels can share one GPU (at a small cost in
-    allocation speed). ``fraction`` (0 < fraction <= 1) caps the share one process may use.
+    By default JAX preallocates 75% of a GPU's total memory when it starts (the newest
+    versions let that pool grow beyond 75% when needed), so a second notebook on the same
+    GPU finds little left and fails with out-of-memory. ``preallocate=False`` sets
+    ``XLA_PYTHON_CLIENT_PREALLOCATE=false``: JAX allocates what it needs as it goes, so
+    several JupyterLab kernels can share one GPU (at a small cost in allocation speed); one
+    process is still limited to 75% of the GPU's memory. ``fraction`` (0 < fraction <= 1)
+    sets ``XLA_CLIENT_MEM_FRACTION``: the share one process may use (with preallocation
+    off), or the share preallocated (with it on). The old name of that variable,
+    ``XLA_PYTHON_CLIENT_MEM_FRACTION``, is deprecated, and JAX refuses to start when both
+    are set, so setting ``fraction`` removes the old one from the environment.
 
     Returns the environment variables it set. Calling it again with the same settings
     is harmless; asking for different settings after JAX started raises
     :class:`RestartKernelError`.
     """
-    if fraction is not None and not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}; for example 0.5.")
+    if fraction is not None and (
+        isinstance(fraction, bool) or not isinstance(fraction, int | float)
+        or not 0.0 < fraction <= 1.0
+    ):
+        raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}; for example 0.5.")
     wanted = {"XLA_PYTHON_CLIENT_PREALLOCATE": "true" if preallocate else "false"}
     if fraction is not None:
-        wanted["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{fraction:.2f}"
+        wanted[MEM_FRACTION_VARIABLE] = f"{fraction:.2f}"
     if jax_started():
         if any(os.environ.get(k) != v for k, v in wanted.items()):
             raise RestartKernelError(_restart_message("GPU memory settings"))
         return wanted
+    if fraction is not None:
+        os.environ.pop(DEPRECATED_MEM_FRACTION_VARIABLE, None)
     os.environ.update(wanted)
     return wanted
 
