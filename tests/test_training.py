@@ -205,8 +205,9 @@ def test_labels_of_wrong_dtype_or_length_are_a_clear_error():
         _fit(images, labels.astype(np.float32))
     with pytest.raises(ValueError, match=r"labels must have shape \(96,\)"):
         _fit(images, labels[:50])
-    with pytest.raises(ValueError, match=r"images must be floating point"):
-        _fit((images * 255).astype(np.uint8), labels)
+    with pytest.raises(ValueError, match=r"images must be floating point .* or uint8 in "
+                                         r"\[0, 255\], got dtype int32"):
+        _fit((images * 255).astype(np.int32), labels)
 
 
 def test_bad_batch_size_or_epochs_are_clear_errors():
@@ -260,3 +261,71 @@ def test_step_loop_copies_nothing_from_the_host():
         for indices in batches:
             loss, _ = step(model, optimizer, images, labels, indices)
     assert np.isfinite(float(loss))
+
+
+# --- uint8 images ---------------------------------------------------------------------------
+
+
+def _uint8_data(n=96, seed=0):
+    images, labels = _toy_data(n=n, seed=seed)
+    low, high = images.min(), images.max()
+    return np.round((images - low) / (high - low) * 255).astype(np.uint8), labels
+
+
+def test_as_float_images_matches_numpy_bit_for_bit():
+    values = np.arange(256, dtype=np.uint8)
+    expected = values.astype(np.float32) / np.float32(255)
+    for fn in (training.as_float_images, jax.jit(training.as_float_images)):
+        got = fn(jnp.asarray(values))
+        assert got.dtype == jnp.float32 and got.shape == (256,)
+        np.testing.assert_array_equal(np.asarray(got), expected)
+    batch = np.random.default_rng(0).integers(0, 256, size=(3, 5, 7, 1)).astype(np.uint8)
+    np.testing.assert_array_equal(training.as_float_images(jnp.asarray(batch)),
+                                  batch.astype(np.float32) / np.float32(255))
+    floats = jnp.asarray([[0.5, 2.0]], jnp.float32)  # float input: returned unchanged
+    assert training.as_float_images(floats) is floats
+    halves = jnp.asarray([300.0], jnp.bfloat16)
+    assert training.as_float_images(halves).dtype == jnp.bfloat16
+
+
+def test_uint8_images_train_and_evaluate_exactly_like_float32():
+    images_u8, labels = _uint8_data()
+    images_f32 = images_u8.astype(np.float32) / np.float32(255)
+    for scan in (False, True):
+        runs = []
+        for images in (images_u8, images_f32):
+            model, optimizer = _model_and_optimizer(seed=3)
+            history = training.fit(model, optimizer, (images, labels), (images, labels),
+                                   epochs=2, batch_size=16, key=jax.random.key(1),
+                                   num_classes=3, scan=scan, progress=False)
+            runs.append((history, _params(model)))
+        (h_u8, p_u8), (h_f32, p_f32) = runs
+        assert h_u8 == h_f32
+        for a, b in zip(p_u8, p_f32, strict=True):
+            np.testing.assert_array_equal(a, b)
+    model, _ = _model_and_optimizer(seed=4)
+    for batch_size in (1000, 7):
+        np.testing.assert_array_equal(
+            training.evaluate(model, images_u8, labels, batch_size=batch_size, num_classes=3),
+            training.evaluate(model, images_f32, labels, batch_size=batch_size))
+
+
+def test_uint8_images_stay_uint8_on_the_device_and_the_step_compiles_once():
+    images_u8, labels = _uint8_data()
+    images, labels = jax.device_put((images_u8, labels))
+    assert images.dtype == jnp.uint8 and images.nbytes == images_u8.size
+    traces = []
+
+    def counting_step(model, optimizer, batch, batch_labels):
+        traces.append(batch.dtype)  # runs only while tracing
+        return training.train_batch(model, optimizer, batch, batch_labels)
+
+    model, optimizer = _model_and_optimizer()
+    step = training.make_train_step(counting_step)
+    batches = training.shuffled_batch_indices(jax.random.key(0), 96, 16)
+    step(model, optimizer, images, labels, batches[0])
+    with jax.transfer_guard_host_to_device("disallow"):
+        for indices in batches:
+            loss, acc = step(model, optimizer, images, labels, indices)
+    assert traces == [jnp.float32]  # the step body sees float32, traced once
+    assert np.isfinite(float(loss)) and 0.0 <= float(acc) <= 1.0

@@ -15,9 +15,12 @@ the shuffled batches); the later lessons (05_cnn, 06_multi_device) reuse them fr
 - :func:`evaluate`: mean loss and accuracy over a dataset, in batches, on the device.
 - :func:`fit`: the epoch loop with a progress bar and a history of loss/accuracy per epoch.
 - :func:`validate_data`: clear ``ValueError`` for wrong shapes, dtypes or label ranges.
+- :func:`as_float_images`: uint8 images to float32 in [0, 1], inside the compiled code.
 
-Shapes: images ``(N, *image_shape)`` floating point, labels ``(N,)`` integers in
-``[0, num_classes)``, logits ``(N, num_classes)``.
+Shapes: images ``(N, *image_shape)`` floating point, or uint8 in [0, 255] (kept on the
+device as uint8, 4x smaller than float32, and converted to float32 in [0, 1] batch by batch
+inside the jitted step and evaluation, bit for bit equal to ``utils.data``'s float images);
+labels ``(N,)`` integers in ``[0, num_classes)``, logits ``(N, num_classes)``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ __all__ = [
     "MLP",
     "BatchStep",
     "accuracy",
+    "as_float_images",
     "count_params",
     "create_optimizer",
     "cross_entropy_loss",
@@ -51,6 +55,25 @@ __all__ = [
 #: ``batch_step(model, optimizer, images, labels) -> (loss, accuracy)``: one step, one batch.
 Metrics = tuple[jax.Array, jax.Array]
 BatchStep = Callable[[nnx.Module, nnx.Optimizer, jax.Array, jax.Array], Metrics]
+
+
+#: ``_UINT8_TO_FLOAT[v] == np.float32(v) / np.float32(255)``: the exact float32 values of
+#: ``utils.data.load(..., dtype=float)``. A table lookup, because XLA compiles ``x / 255``
+#: into ``x * (1 / 255)``, which differs in the last bit for about half of the 256 values.
+_UINT8_TO_FLOAT = np.arange(256, dtype=np.float32) / np.float32(255)
+
+
+def as_float_images(images: jax.Array) -> jax.Array:
+    """uint8 images in [0, 255] -> float32 in [0, 1]; any other dtype is returned unchanged.
+
+    Any shape. The float32 values equal ``images.astype(np.float32) / np.float32(255)``
+    exactly (NumPy's, so a dataset stored as uint8 trains bit for bit like the same dataset
+    stored as float32). Meant to run inside jitted code, on one batch at a time (introduced
+    for lesson 05_cnn's uint8 datasets; lesson 04 may use it too).
+    """
+    if images.dtype == jnp.uint8:
+        return jnp.asarray(_UINT8_TO_FLOAT)[images.astype(jnp.int32)]
+    return images
 
 
 class MLP(nnx.Module):
@@ -111,6 +134,8 @@ def train_batch(
     :func:`make_train_step` and :func:`make_scan_epoch` compile.
     """
 
+    images = as_float_images(images)
+
     def loss_and_logits(model: nnx.Module) -> tuple[jax.Array, jax.Array]:
         logits = model(images)
         return loss_fn(logits, labels), logits
@@ -125,12 +150,13 @@ def make_train_step(batch_step: BatchStep = train_batch) -> Callable[..., Metric
 
     ``images (N, ...)`` and ``labels (N,)`` are the whole dataset, already on the device;
     ``indices (B,)`` picks the batch, gathered inside the compiled step. So a step copies
-    nothing from the host, and it compiles once for all batches of the same size.
+    nothing from the host, and it compiles once for all batches of the same size. uint8
+    images are converted to float32 in [0, 1] after the gather (:func:`as_float_images`).
     """
 
     @nnx.jit
     def train_step(model, optimizer, images, labels, indices):
-        return batch_step(model, optimizer, images[indices], labels[indices])
+        return batch_step(model, optimizer, as_float_images(images[indices]), labels[indices])
 
     return train_step
 
@@ -149,7 +175,8 @@ def make_scan_epoch(batch_step: BatchStep = train_batch) -> Callable[..., Metric
 
         def body(state, indices):
             model, optimizer = nnx.merge(graphdef, state)
-            metrics = batch_step(model, optimizer, images[indices], labels[indices])
+            metrics = batch_step(model, optimizer, as_float_images(images[indices]),
+                                 labels[indices])
             return nnx.state((model, optimizer)), metrics
 
         state, (losses, accuracies) = jax.lax.scan(body, state, batches)
@@ -183,8 +210,8 @@ def validate_data(
 ) -> None:
     """Raise a ``ValueError`` that says what was expected when images/labels do not fit.
 
-    Checks: images are a floating point array ``(N, *image_shape)`` (any per-example shape
-    of 1+ dims when ``image_shape`` is None); labels are integers ``(N,)`` in
+    Checks: images are a floating point or uint8 array ``(N, *image_shape)`` (any
+    per-example shape of 1+ dims when ``image_shape`` is None); labels are integers ``(N,)`` in
     ``[0, num_classes - 1]``. Reads the labels' min and max (one small device sync).
     """
     images_shape = tuple(np.shape(images))
@@ -196,9 +223,10 @@ def validate_data(
                          f"got shape {images_shape}.")
     if image_shape is not None and images_shape[1:] != tuple(image_shape):
         raise ValueError(f"{name}: images must have shape {expected}, got {images_shape}.")
-    if not jnp.issubdtype(jnp.result_type(images), jnp.floating):
-        raise ValueError(f"{name}: images must be floating point (e.g. float32 in [0, 1]), "
-                         f"got dtype {jnp.result_type(images)}.")
+    images_dtype = jnp.result_type(images)
+    if not (jnp.issubdtype(images_dtype, jnp.floating) or images_dtype == jnp.uint8):
+        raise ValueError(f"{name}: images must be floating point (e.g. float32 in [0, 1]) or "
+                         f"uint8 in [0, 255], got dtype {images_dtype}.")
     if len(labels_shape) != 1 or labels_shape[0] != images_shape[0]:
         raise ValueError(f"{name}: labels must have shape ({images_shape[0]},) (one per image), "
                          f"got {labels_shape}.")
@@ -222,7 +250,7 @@ def _evaluate(model, images, labels, *, batch_size):
 
     def body(totals, batch):
         idx, mask = batch
-        logits = model(images[idx])
+        logits = model(as_float_images(images[idx]))
         y = labels[idx]
         per_example = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         correct = jnp.argmax(logits, axis=-1) == y
@@ -245,7 +273,8 @@ def evaluate(
 ) -> tuple[jax.Array, jax.Array]:
     """Mean cross-entropy and accuracy of ``model`` on a dataset, in batches, on the device.
 
-    images ``(N, ...)``, labels ``(N,)``. One compiled call (a ``lax.scan`` over batches of
+    images ``(N, ...)`` (float, or uint8 converted batch by batch), labels ``(N,)``. One
+    compiled call (a ``lax.scan`` over batches of
     ``batch_size``; a short last batch is padded and masked), so memory stays bounded
     however large N is. Returns two float32 scalars ``(loss, accuracy)`` (device arrays:
     ``float()`` them to print). With ``num_classes`` the data is validated first.
@@ -288,7 +317,8 @@ def fit(
 ) -> dict[str, list[float]]:
     """Train ``model`` for ``epochs`` epochs; return the history per epoch.
 
-    The training set is moved to the device once (``jax.device_put``). Every epoch draws
+    The training set is moved to the device once (``jax.device_put``; uint8 images stay
+    uint8 there and are converted per batch inside the step). Every epoch draws
     fresh shuffled batch indices on the device from ``jax.random.fold_in(key, epoch)``
     (``batch_indices(key, N, batch_size) -> (num_batches, batch_size)``) and runs either a
     Python loop of jitted steps (default) or, with ``scan=True``, the epoch as one
