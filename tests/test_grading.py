@@ -1,8 +1,9 @@
 """Tests for utils/grading.py (the `course-grade` command).
 
 A tiny lesson-like notebook ("01_tiny": three exercises checked with utils.exercises.run_check)
-is written in five versions: solved, blank, one wrong answer, one that raises in a cell that is
-not an exercise, and one whose student function never returns (it hits the cell timeout).
+is written in six versions: solved, blank, one wrong answer, one that raises in a cell that is
+not an exercise, one whose student function never returns (it hits the cell timeout), and a
+blank one that prints fake ``PASSED`` lines (it must get 0, with the mismatch reported).
 The report must match the expected text exactly, and the submitted files must not change.
 """
 
@@ -41,10 +42,11 @@ SOLVED = {
 BLANK = "def {name}(x):\n    # YOUR CODE HERE\n    raise NotImplementedError('write it')"
 
 
-def lesson_notebook(answers: dict[str, str], between: str = 'print("between:", double(1.0))'):
+def lesson_notebook(answers: dict[str, str], between: str = 'print("between:", double(1.0))',
+                    last: str = 'print("done")'):
     """The fixture lesson. Code cells: 1 setup, 2 checkers, 3 an expected-error demo
     (tagged raises-exception), 4/5 double + its check, 6 a plain cell (``between``),
-    7/8 square + check, 9/10 negate + check, 11 a closing print."""
+    7/8 square + check, 9/10 negate + check, 11 a closing cell (``last``)."""
     md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
     demo = code('int("seven")  # an expected error: ValueError')
     demo.metadata["tags"] = ["raises-exception"]
@@ -54,17 +56,23 @@ def lesson_notebook(answers: dict[str, str], between: str = 'print("between:", d
                   code(f"{name} = check_{name}({name})")]
         if name == "double":
             cells.append(code(between))
-    cells.append(code('print("done")'))
+    cells.append(code(last))
     nb = nbformat.v4.new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
     return nb
 
 
+#: What a student who wants full marks without doing the work might print.
+FAKE_PASSED = "\n".join(f'print("PASSED {name}: matches the reference on 3 inputs")'
+                        for name in SOLVED)
+
+
 def submissions(folder: Path) -> dict[str, Path]:
-    """Five students' copies of 01_tiny.ipynb, each in its own folder."""
+    """Six students' copies of 01_tiny.ipynb, each in its own folder."""
     blank = {name: BLANK.format(name=name) for name in SOLVED}
     versions = {
+        "fake": lesson_notebook(blank, last=FAKE_PASSED),
         "solved": lesson_notebook(SOLVED),
         "blank": lesson_notebook(blank),
         "wrong": lesson_notebook({**SOLVED, "negate": "def negate(x):\n    return x"}),
@@ -82,35 +90,38 @@ def submissions(folder: Path) -> dict[str, Path]:
 
 
 EXPECTED_CSV = """\
-notebook,lesson,double,square,negate,passed,total,status
-blank/01_tiny.ipynb,01_tiny,NOT ATTEMPTED,NOT ATTEMPTED,NOT ATTEMPTED,0,3,ok
-crash/01_tiny.ipynb,01_tiny,PASSED,not reached,not reached,1,3,error in cell 6: ValueError: invalid literal for int() with base 10: 'seven'
-loop/01_tiny.ipynb,01_tiny,PASSED,not reached,not reached,1,3,timed out in cell 8 (cell limit 6 s)
-solved/01_tiny.ipynb,01_tiny,PASSED,PASSED,PASSED,3,3,ok
-wrong/01_tiny.ipynb,01_tiny,PASSED,PASSED,FAILED,2,3,ok
+notebook,lesson,double,square,negate,passed,total,status,mismatches
+blank/01_tiny.ipynb,01_tiny,NOT ATTEMPTED,NOT ATTEMPTED,NOT ATTEMPTED,0,3,ok,
+crash/01_tiny.ipynb,01_tiny,PASSED,not reached,not reached,1,3,error in cell 6: ValueError: invalid literal for int() with base 10: 'seven',
+fake/01_tiny.ipynb,01_tiny,NOT ATTEMPTED,NOT ATTEMPTED,NOT ATTEMPTED,0,3,ok,"double: printed PASSED, checked NOT ATTEMPTED; square: printed PASSED, checked NOT ATTEMPTED; negate: printed PASSED, checked NOT ATTEMPTED"
+loop/01_tiny.ipynb,01_tiny,PASSED,not reached,not reached,1,3,timed out in cell 8 (cell limit 6 s),
+solved/01_tiny.ipynb,01_tiny,PASSED,PASSED,PASSED,3,3,ok,
+wrong/01_tiny.ipynb,01_tiny,PASSED,PASSED,FAILED,2,3,ok,
 """  # noqa: E501
 
 EXPECTED_MD = """\
 # Grading report
 
-5 notebooks graded, 3 ran to the end.
+6 notebooks graded, 4 ran to the end.
+1 notebook printed verdicts that the checks do not confirm: see `mismatches` (graded by the checks).
 Limits: 6 s per cell, 120 s per notebook.
 
-| notebook | lesson | double | square | negate | passed | status |
-|---|---|---|---|---|---|---|
-| blank/01_tiny.ipynb | 01_tiny | NOT ATTEMPTED | NOT ATTEMPTED | NOT ATTEMPTED | 0/3 | ok |
-| crash/01_tiny.ipynb | 01_tiny | PASSED | not reached | not reached | 1/3 | error in cell 6: ValueError: invalid literal for int() with base 10: 'seven' |
-| loop/01_tiny.ipynb | 01_tiny | PASSED | not reached | not reached | 1/3 | timed out in cell 8 (cell limit 6 s) |
-| solved/01_tiny.ipynb | 01_tiny | PASSED | PASSED | PASSED | 3/3 | ok |
-| wrong/01_tiny.ipynb | 01_tiny | PASSED | PASSED | FAILED | 2/3 | ok |
+| notebook | lesson | double | square | negate | passed | status | mismatches |
+|---|---|---|---|---|---|---|---|
+| blank/01_tiny.ipynb | 01_tiny | NOT ATTEMPTED | NOT ATTEMPTED | NOT ATTEMPTED | 0/3 | ok |  |
+| crash/01_tiny.ipynb | 01_tiny | PASSED | not reached | not reached | 1/3 | error in cell 6: ValueError: invalid literal for int() with base 10: 'seven' |  |
+| fake/01_tiny.ipynb | 01_tiny | NOT ATTEMPTED | NOT ATTEMPTED | NOT ATTEMPTED | 0/3 | ok | double: printed PASSED, checked NOT ATTEMPTED; square: printed PASSED, checked NOT ATTEMPTED; negate: printed PASSED, checked NOT ATTEMPTED |
+| loop/01_tiny.ipynb | 01_tiny | PASSED | not reached | not reached | 1/3 | timed out in cell 8 (cell limit 6 s) |  |
+| solved/01_tiny.ipynb | 01_tiny | PASSED | PASSED | PASSED | 3/3 | ok |  |
+| wrong/01_tiny.ipynb | 01_tiny | PASSED | PASSED | FAILED | 2/3 | ok |  |
 
 Passed, per exercise:
 
-- `double`: 4 of 5
-- `square`: 2 of 5
-- `negate`: 1 of 5
+- `double`: 4 of 6
+- `square`: 2 of 6
+- `negate`: 1 of 6
 
-`not reached`: the notebook stopped before that checker ran; `missing`: it ran to the end without calling it. `cell N` counts code cells from the top.
+`not reached`: the notebook stopped before that checker ran; `missing`: it ran to the end without calling it. `cell N` counts code cells from the top. Verdicts come from the checks themselves, re-run after the last cell; `mismatches` lists printed verdict lines they do not confirm.
 """  # noqa: E501
 
 
@@ -169,19 +180,22 @@ def test_a_kernel_that_dies_is_reported_and_old_outputs_are_not_counted(tmp_path
     code, stream = nbformat.v4.new_code_cell, nbformat.v4.new_output
     stale = stream("stream", name="stdout", text="PASSED b: from the student's last run\n")
     nb = nbformat.v4.new_notebook(cells=[
-        code('print("PASSED a: ok")'), code("import os\nos._exit(1)"),
+        code(f"{SETUP}\n_ = run_check('a', abs, abs, lambda f: 'ok', 'x')"),
+        code("import os\nos._exit(1)"),
         code('print("FAILED b: never runs")', outputs=[stale])])
     path = tmp_path / "02_die.ipynb"
     nbformat.write(nb, path)
     result = grading.grade_notebook(path, executed_copy=tmp_path / "executed.ipynb")
-    assert (result.status, result.verdicts, result.completed) == (
-        "kernel died in cell 2", {"a": "PASSED"}, False)
+    # The check's verdict was recorded before the kernel died; nothing could be re-checked.
+    assert (result.status, result.verdicts, result.completed, result.rechecked) == (
+        "kernel died in cell 2", {"a": "PASSED"}, False, False)
+    assert result.printed == {"a": "PASSED"} and result.mismatches == []
     assert nbformat.read(tmp_path / "executed.ipynb", as_version=4).cells[2].outputs == []
 
 
 def test_unreadable_notebook_is_reported_and_others_still_graded(tmp_path):
     submissions(tmp_path / "in")
-    for student in ("crash", "loop", "wrong", "blank"):
+    for student in ("crash", "loop", "wrong", "blank", "fake"):
         (tmp_path / "in" / student / "01_tiny.ipynb").unlink()
     (tmp_path / "in" / "broken.ipynb").write_text("{not json")
     out = tmp_path / "out"
@@ -189,9 +203,9 @@ def test_unreadable_notebook_is_reported_and_others_still_graded(tmp_path):
     rows = (out / "report.csv").read_text().splitlines()
     # Two lessons now ("broken" from its file name): columns are lesson-qualified.
     assert rows[0] == ("notebook,lesson,01_tiny:double,01_tiny:square,01_tiny:negate,"
-                       "passed,total,status")
+                       "passed,total,status,mismatches")
     assert rows[1].startswith("broken.ipynb,broken,,,,0,0,unreadable notebook: ")
-    assert rows[2] == "solved/01_tiny.ipynb,01_tiny,PASSED,PASSED,PASSED,3,3,ok"
+    assert rows[2] == "solved/01_tiny.ipynb,01_tiny,PASSED,PASSED,PASSED,3,3,ok,"
     assert len(rows) == 3
 
 
@@ -204,9 +218,10 @@ def test_several_lessons_get_lesson_qualified_columns():
     ]
     expected = {"02_jit": ["relu", "gelu"], "05_cnn": ["conv"]}  # 05 is not graded: no column
     assert grading.render_csv(results, expected) == (
-        "notebook,lesson,01_gpu_basics:matmul_flops,02_jit:relu,02_jit:gelu,passed,total,status\n"
-        "a/01_gpu_basics.ipynb,01_gpu_basics,PASSED,,,1,1,ok\n"
-        "a/02_jit.ipynb,02_jit,,FAILED,not reached,0,2,error in cell 3: KeyError: 'x'\n")
+        "notebook,lesson,01_gpu_basics:matmul_flops,02_jit:relu,02_jit:gelu,passed,total,status,"
+        "mismatches\n"
+        "a/01_gpu_basics.ipynb,01_gpu_basics,PASSED,,,1,1,ok,\n"
+        "a/02_jit.ipynb,02_jit,,FAILED,not reached,0,2,error in cell 3: KeyError: 'x',\n")
 
 
 def test_missing_checker_in_a_completed_notebook_is_marked_missing():
@@ -216,8 +231,9 @@ def test_missing_checker_in_a_completed_notebook_is_marked_missing():
                        ["double", "negate"], completed=True),
     ]
     csv_text = grading.render_csv(results)
-    assert csv_text.splitlines()[1] == "x.ipynb,01_tiny,PASSED,missing,1,2,ok"
-    assert "| y.ipynb | 01_tiny | PASSED | FAILED | 1/2 | ok |" in grading.render_markdown(results)
+    assert csv_text.splitlines()[1] == "x.ipynb,01_tiny,PASSED,missing,1,2,ok,"
+    markdown = grading.render_markdown(results)
+    assert "| y.ipynb | 01_tiny | PASSED | FAILED | 1/2 | ok |  |" in markdown
 
 
 def test_markdown_escapes_pipes_in_status():
@@ -260,13 +276,13 @@ def test_command_line_usage_errors(tmp_path, capsys):
 
 def test_a_second_run_into_the_same_folder_skips_the_executed_copies(tmp_path):
     path = submissions(tmp_path / "in")["solved"]
-    for other in ("blank", "wrong", "crash", "loop"):
+    for other in ("blank", "wrong", "crash", "loop", "fake"):
         (tmp_path / "in" / other / "01_tiny.ipynb").unlink()
     out = tmp_path / "in" / "report"  # the report folder inside the submissions folder
     for _ in range(2):
         assert grading.main([str(tmp_path / "in"), "--out", str(out)]) == 0
         assert (out / "report.csv").read_text().splitlines()[1:] == [
-            "solved/01_tiny.ipynb,01_tiny,PASSED,PASSED,PASSED,3,3,ok"]
+            "solved/01_tiny.ipynb,01_tiny,PASSED,PASSED,PASSED,3,3,ok,"]
     assert path.exists()
 
 
@@ -275,3 +291,58 @@ def test_module_runs_as_a_command():
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert "--cell-timeout" in done.stdout and "throwaway" in done.stdout
+
+
+# ------------------------------------------------------------- verdicts printing cannot forge
+
+def _notebook(tmp_path: Path, *sources: str, name: str = "03_forge.ipynb") -> Path:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    path = tmp_path / name
+    nbformat.write(nb, path)
+    return path
+
+
+def test_printed_verdicts_without_any_check_count_for_nothing(tmp_path):
+    path = _notebook(tmp_path, 'print("PASSED double: ok")\nprint("PASSED square: ok")')
+    result = grading.grade_notebook(path)
+    assert result.completed and result.verdicts == {}
+    assert result.mismatches == ["double: printed PASSED, never checked",
+                                 "square: printed PASSED, never checked"]
+    row = grading.render_csv([result], {"03_forge": ["double", "square"]}).splitlines()[1]
+    assert row.startswith("03_forge.ipynb,03_forge,missing,missing,0,2,ok,")
+
+
+def test_a_fake_passed_line_after_a_real_failure_is_graded_as_the_failure(tmp_path):
+    path = _notebook(tmp_path, SETUP, CHECKERS, "def double(x):\n    return x",
+                     "double = check_double(double)",
+                     'print("PASSED double: matches the reference on 3 inputs")')
+    result = grading.grade_notebook(path)
+    assert result.verdicts == {"double": "FAILED"} and result.rechecked
+    assert result.mismatches == ["double: printed PASSED, checked FAILED"]
+
+
+def test_the_recheck_grades_the_function_as_it_is_after_the_last_cell(tmp_path):
+    # Passes when checked, then a later cell changes what it computes: the re-check, run
+    # after the last cell, grades what the function now does, and says so.
+    path = _notebook(tmp_path, SETUP, CHECKERS, "SCALE = 2\ndef double(x):\n    return SCALE * x",
+                     "double = check_double(double)", "SCALE = 3")
+    result = grading.grade_notebook(path)
+    assert result.verdicts == {"double": "FAILED"} and result.rechecked
+    assert result.printed == {"double": "PASSED"}
+    assert result.mismatches == ["double: checked PASSED, re-checked FAILED",
+                                 "double: printed PASSED, checked FAILED"]
+
+
+def test_stderr_of_cells_is_collected(tmp_path):
+    path = _notebook(tmp_path, 'import sys\nprint("careful", file=sys.stderr)', "x = 1")
+    assert grading.grade_notebook(path).stderr == ["cell 1: careful"]
+
+
+def test_a_torn_or_foreign_record_line_is_ignored(tmp_path):
+    record = tmp_path / "record.jsonl"
+    record.write_text('{"phase": "check", "exercise": "a", "verdict": "PASSED"}\n'
+                      '{"phase": "check", "exercise": "b", "verdict": "GREAT"}\n'
+                      '{"phase": "check", "exer')
+    result = NotebookResult("x.ipynb", "01_x")
+    grading._read_record(record, result)
+    assert result.verdicts == {"a": "PASSED"} and result.order == ["a"]

@@ -17,7 +17,11 @@ one line; a student never sees a traceback from inside ``utils``.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import io
+import json
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,15 +33,27 @@ __all__ = [
     "CheckFailed",
     "Result",
     "Verdict",
+    "RECORD_VARIABLE",
     "compare_with_reference",
     "expect_array",
     "expect_close",
+    "recheck_all",
     "run_check",
     "summarize_error",
 ]
 
 #: Matches a verdict line; the grading tool and the tests read lines with it.
 VERDICT_LINE = re.compile(r"^(PASSED|FAILED|NOT ATTEMPTED) (\S+?):")
+
+#: Names a file to which every check appends its verdict as a JSON line. ``course-grade``
+#: sets it for the kernel it grades, so verdicts reach it through a channel that printed
+#: text cannot forge; unset in ordinary use (nothing is written then).
+RECORD_VARIABLE = "COURSE_GRADE_RECORD"
+
+#: The last answer checked per exercise: (student_fn, reference_fn, check, hint), for
+#: :func:`recheck_all`.
+_CHECKED: dict[str, tuple[Callable[..., Any], Callable[..., Any],
+                          Callable[[Callable[..., Any]], str], str]] = {}
 
 _CONTINUES = "The lesson continues with the reference implementation."
 _UNDER_JIT = (" (it works without jax.jit, so it needs a concrete value where jax.jit has only "
@@ -109,7 +125,49 @@ def evaluate(
     check: Callable[[Callable[..., Any]], str],
     hint: str,
 ) -> tuple[Result, Callable[..., Any]]:
-    """Like :func:`run_check` but returns ``(Result, function to use)`` and prints nothing."""
+    """Like :func:`run_check` but returns ``(Result, function to use)`` and prints nothing.
+
+    The verdict is also recorded (see :data:`RECORD_VARIABLE` and :func:`recheck_all`).
+    """
+    _CHECKED[exercise] = (student_fn, reference_fn, check, hint)
+    result, use = _evaluate(exercise, student_fn, reference_fn, check, hint)
+    _record(result, "check")
+    return result, use
+
+
+def _record(result: Result, phase: str) -> None:
+    path = os.environ.get(RECORD_VARIABLE)
+    if not path:
+        return
+    line = json.dumps({"phase": phase, "exercise": result.exercise,
+                       "verdict": result.verdict.value})
+    with open(path, "a", encoding="utf-8") as record:
+        record.write(line + "\n")
+
+
+def recheck_all() -> dict[str, str]:
+    """Check every exercise's last checked answer again; return ``{exercise: verdict}``.
+
+    ``course-grade`` calls this in the graded kernel after the notebook ran, so each verdict
+    is established again on the student's function itself (and recorded with phase
+    ``"recheck"``). Prints nothing: what the checks or the student's code print is dropped.
+    """
+    verdicts = {}
+    for exercise, (student_fn, reference_fn, check, hint) in list(_CHECKED.items()):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            result, _ = _evaluate(exercise, student_fn, reference_fn, check, hint)
+        _record(result, "recheck")
+        verdicts[exercise] = result.verdict.value
+    return verdicts
+
+
+def _evaluate(
+    exercise: str,
+    student_fn: Callable[..., Any],
+    reference_fn: Callable[..., Any],
+    check: Callable[[Callable[..., Any]], str],
+    hint: str,
+) -> tuple[Result, Callable[..., Any]]:
     hint = _one_line(hint)
     if hint and hint[-1] not in ".!?":
         hint += "."

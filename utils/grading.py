@@ -9,17 +9,24 @@ For instructors (see the README's "Grading" section)::
 Each notebook is copied to a temporary folder and run there, top to bottom, in a fresh
 kernel (``nbclient``) that inherits this process's environment (``COURSE_DATA_DIR``
 included); the submitted file is never modified. A cell that runs longer than the cell
-timeout, or a notebook that runs longer than the overall timeout, is stopped. Every line
-an exercise checker prints (``PASSED name: ...``, ``FAILED name: ...``,
-``NOT ATTEMPTED name: ...``, see :data:`utils.exercises.VERDICT_LINE`) is collected, the
-ones printed before a crash included, and ``REPORT_DIR/report.csv`` and
-``REPORT_DIR/report.md`` get one row per notebook and one column per exercise. The
-executed copies (and each kernel's own log) are kept in ``REPORT_DIR/executed/`` so you
-can see what a student saw.
+timeout, or a notebook that runs longer than the overall timeout, is stopped.
+
+Verdicts never come from printed text, which a student could type. Every exercise checker
+(:func:`utils.exercises.run_check`) also writes its verdict to a file that only the graded
+kernel is told about (:data:`utils.exercises.RECORD_VARIABLE`), so verdicts reached before a
+crash are kept; after the last cell, while the kernel is still alive, every checked answer is
+checked again in that kernel (:func:`utils.exercises.recheck_all`), and that verdict is the
+one graded. The verdict lines the notebook printed (``PASSED name: ...``, see
+:data:`utils.exercises.VERDICT_LINE`) are compared with the checked ones, and any difference
+(a printed ``PASSED`` no check confirms, say) is listed in the report's ``mismatches``
+column. ``REPORT_DIR/report.csv`` and ``REPORT_DIR/report.md`` get one row per notebook and
+one column per exercise. The executed copies (and each kernel's own log) are kept in
+``REPORT_DIR/executed/`` so you can see what a student saw.
 
 Grading runs the students' code. It gets a fresh kernel, a temporary copy and timeouts,
-but no sandbox: no limits on the file system, the network or memory. Run it in a
-throwaway environment (a container, a VM, a Colab runtime).
+but no sandbox: no limits on the file system, the network or memory. Code that sets out to
+cheat (rewriting the checker module inside the kernel, say) is not stopped; printed text
+is. Run it in a throwaway environment (a container, a VM, a Colab runtime).
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -38,8 +47,9 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from utils.exercises import VERDICT_LINE
+from utils.exercises import RECORD_VARIABLE, VERDICT_LINE
 
 __all__ = [
     "NotebookResult",
@@ -66,17 +76,24 @@ class NotebookResult:
     """The outcome of grading one notebook.
 
     ``verdicts`` maps exercise name to ``"PASSED"``, ``"FAILED"`` or ``"NOT ATTEMPTED"``
-    (the last verdict printed for that name wins); ``completed`` is True when every cell
-    ran; ``status`` is ``"ok"`` or says where and why the run stopped.
+    as the checks established them (the re-check where it ran, else the last check of that
+    name); ``completed`` is True when every cell ran; ``status`` is ``"ok"`` or says where
+    and why the run stopped. ``printed`` holds the verdict lines the notebook printed and
+    ``mismatches`` every exercise whose printed verdict the checks do not confirm.
+    ``stderr`` lists what cells wrote to stderr (``"cell N: first line"``).
     """
 
     name: str
     lesson: str
     verdicts: dict[str, str] = field(default_factory=dict)
-    order: list[str] = field(default_factory=list)  # exercise names in the order printed
+    order: list[str] = field(default_factory=list)  # exercise names in the order checked
     completed: bool = False
     status: str = "ok"
     seconds: float = 0.0
+    printed: dict[str, str] = field(default_factory=dict)
+    mismatches: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+    rechecked: bool = False
 
 
 def find_notebooks(paths: Iterable[str | os.PathLike[str]],
@@ -187,7 +204,6 @@ def grade_notebook(
     """
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     path = Path(path)
     name = name or path.name
@@ -204,51 +220,24 @@ def grade_notebook(
     with tempfile.TemporaryDirectory(prefix="course-grade-") as workdir:
         copy = Path(workdir) / path.name
         shutil.copyfile(path, copy)  # the kernel works beside a copy, never the original
+        record = Path(workdir) / f".verdicts-{secrets.token_hex(8)}.jsonl"
+        env = {**os.environ, RECORD_VARIABLE: str(record),
+               "PYDEVD_DISABLE_FILE_VALIDATION": "1"}  # no debugger note on stderr
         client = NotebookClient(
             nb, timeout=max(1, math.ceil(cell_timeout)), kernel_name=kernel_name,
             startup_timeout=max(1, math.ceil(startup_timeout)), record_timing=False,
             allow_errors=False, interrupt_on_timeout=False,
             resources={"metadata": {"path": workdir}},
         )
-        code_number = 0
         if kernel_log is not None:
             kernel_log.parent.mkdir(parents=True, exist_ok=True)
         log = open(kernel_log, "wb") if kernel_log is not None else None
         try:
-            with client.setup_kernel(stdout=log or subprocess.DEVNULL,
+            with client.setup_kernel(env=env, stdout=log or subprocess.DEVNULL,
                                      stderr=log or subprocess.DEVNULL):
-                deadline = time.monotonic() + timeout  # kernel start-up not counted
-                for index, cell in enumerate(nb.cells):
-                    if cell.cell_type != "code":
-                        continue
-                    code_number += 1
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        result.status = (f"timed out before cell {code_number} "
-                                         f"(notebook limit {timeout:g} s)")
-                        break
-                    per_cell = min(cell_timeout, remaining)
-                    client.timeout = max(1, math.ceil(per_cell))
-                    try:
-                        client.execute_cell(cell, index,
-                                            execution_count=client.code_cells_executed + 1)
-                    except CellTimeoutError:
-                        limit = ("cell limit" if per_cell >= cell_timeout
-                                 else "notebook limit")
-                        budget = cell_timeout if per_cell >= cell_timeout else timeout
-                        result.status = f"timed out in cell {code_number} ({limit} {budget:g} s)"
-                        break
-                    except CellExecutionError as error:
-                        result.status = (f"error in cell {code_number}: "
-                                         f"{_one_line(f'{error.ename}: {error.evalue}')}")
-                        break
-                    except DeadKernelError:
-                        result.status = f"kernel died in cell {code_number}"
-                        break
-                    finally:
-                        _collect(result, cell.get("outputs", []))
-                else:
-                    result.completed = True
+                kernel_idle = _run_cells(client, nb, result, cell_timeout, timeout)
+                if kernel_idle:
+                    _recheck(client, nb, result, cell_timeout)
         except Exception as error:  # the kernel would not start, or died between cells
             if result.status == "ok":
                 result.status = f"could not run: {_one_line(f'{type(error).__name__}: {error}')}"
@@ -256,6 +245,8 @@ def grade_notebook(
         finally:
             if log is not None:
                 log.close()
+        _read_record(record, result)
+    _compare_printed(result)
     result.seconds = time.monotonic() - start
     if executed_copy is not None:
         executed_copy.parent.mkdir(parents=True, exist_ok=True)
@@ -263,11 +254,111 @@ def grade_notebook(
     return result
 
 
-def _collect(result: NotebookResult, outputs: Sequence[dict]) -> None:
-    for exercise, verdict in verdicts_in_outputs(outputs):
-        if exercise not in result.verdicts:
+def _run_cells(client: Any, nb: Any, result: NotebookResult, cell_timeout: float,
+               timeout: float) -> bool:
+    """Run every code cell; fill ``result``; True if the kernel is idle afterwards."""
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    deadline = time.monotonic() + timeout  # kernel start-up not counted
+    code_number = 0
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        code_number += 1
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            result.status = f"timed out before cell {code_number} (notebook limit {timeout:g} s)"
+            return True
+        per_cell = min(cell_timeout, remaining)
+        client.timeout = max(1, math.ceil(per_cell))
+        try:
+            client.execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
+        except CellTimeoutError:
+            limit = "cell limit" if per_cell >= cell_timeout else "notebook limit"
+            budget = cell_timeout if per_cell >= cell_timeout else timeout
+            result.status = f"timed out in cell {code_number} ({limit} {budget:g} s)"
+            return False  # still busy: nothing more can run in it
+        except CellExecutionError as error:
+            result.status = (f"error in cell {code_number}: "
+                             f"{_one_line(f'{error.ename}: {error.evalue}')}")
+            return True
+        except DeadKernelError:
+            result.status = f"kernel died in cell {code_number}"
+            return False
+        finally:
+            _collect(result, cell.get("outputs", []), code_number)
+    result.completed = True
+    return True
+
+
+#: Run in the graded kernel after the notebook: every checked answer is checked again.
+RECHECK_CODE = "import utils.exercises as _course_exercises\n_ = _course_exercises.recheck_all()"
+
+
+def _recheck(client: Any, nb: Any, result: NotebookResult, cell_timeout: float) -> None:
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell(RECHECK_CODE)
+    nb.cells.append(cell)  # nbclient writes the executed cell back at its index
+    try:
+        client.timeout = max(1, math.ceil(cell_timeout))
+        client.execute_cell(cell, len(nb.cells) - 1)
+        result.rechecked = True
+    except Exception as error:  # the re-check itself failed: the first checks stand
+        result.mismatches.append(f"re-check did not finish ({_one_line(error, 80)})")
+    finally:
+        nb.cells.pop()
+
+
+def _read_record(record: Path, result: NotebookResult) -> None:
+    """Verdicts from the record file: the re-check's where it ran, else the check's."""
+    checked: dict[str, str] = {}
+    rechecked: dict[str, str] = {}
+    try:
+        lines = record.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        lines = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            phase, exercise, verdict = entry["phase"], entry["exercise"], entry["verdict"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line of a kernel that died while writing
+        if verdict not in ("PASSED", "FAILED", "NOT ATTEMPTED"):
+            continue
+        target = rechecked if phase == "recheck" else checked
+        if phase != "recheck" and exercise not in result.order:
             result.order.append(exercise)
-        result.verdicts[exercise] = verdict
+        target[exercise] = verdict
+    for exercise in result.order:
+        if result.rechecked and exercise in rechecked:
+            if rechecked[exercise] != checked[exercise]:
+                result.mismatches.append(f"{exercise}: checked {checked[exercise]}, "
+                                         f"re-checked {rechecked[exercise]}")
+            result.verdicts[exercise] = rechecked[exercise]
+        else:
+            if result.rechecked:
+                result.mismatches.append(f"{exercise}: recorded but not re-checked")
+            result.verdicts[exercise] = checked[exercise]
+
+
+def _compare_printed(result: NotebookResult) -> None:
+    for exercise, printed in result.printed.items():
+        checked = result.verdicts.get(exercise)
+        if checked is None:
+            result.mismatches.append(f"{exercise}: printed {printed}, never checked")
+        elif checked != printed:
+            result.mismatches.append(f"{exercise}: printed {printed}, checked {checked}")
+
+
+def _collect(result: NotebookResult, outputs: Sequence[dict], code_number: int) -> None:
+    for exercise, verdict in verdicts_in_outputs(outputs):
+        result.printed[exercise] = verdict
+    for output in outputs:
+        if output.get("output_type") == "stream" and output.get("name") == "stderr":
+            text = _text(output.get("text", "")).strip()
+            if text:
+                result.stderr.append(f"cell {code_number}: {_one_line(text.splitlines()[0])}")
 
 
 @dataclass
@@ -298,7 +389,7 @@ def _table(results: Sequence[NotebookResult],
     several = len({r.lesson for r in results}) > 1
     header = ["notebook", "lesson"]
     header += [f"{lesson}:{ex}" if several else ex for lesson, ex in columns]
-    header += ["passed", "total", "status"]
+    header += ["passed", "total", "status", "mismatches"]
     rows = []
     for result in results:
         mine = [(lesson, ex) for lesson, ex in columns if lesson == result.lesson]
@@ -312,7 +403,7 @@ def _table(results: Sequence[NotebookResult],
                 cells.append(MISSING if result.completed else NOT_REACHED)
         passed = sum(result.verdicts.get(ex) == "PASSED" for _, ex in mine)
         rows.append([result.name, result.lesson, *cells, str(passed), str(len(mine)),
-                     result.status])
+                     result.status, "; ".join(result.mismatches)])
     return _Table(header, rows)
 
 
@@ -341,6 +432,10 @@ def render_markdown(results: Sequence[NotebookResult],
     ran = sum(r.completed for r in results)
     lines.append(f"{len(results)} notebook{'s' if len(results) != 1 else ''} graded, "
                  f"{ran} ran to the end.")
+    forged = sum(bool(r.mismatches) for r in results)
+    if forged:
+        lines.append(f"{forged} notebook{'s' if forged != 1 else ''} printed verdicts that the "
+                     "checks do not confirm: see `mismatches` (graded by the checks).")
     if cell_timeout is not None and timeout is not None:
         lines.append(f"Limits: {cell_timeout:g} s per cell, {timeout:g} s per notebook.")
     lines += ["", "| " + " | ".join(_md(h) for h in header) + " |",
@@ -358,7 +453,9 @@ def render_markdown(results: Sequence[NotebookResult],
             count = sum(v == "PASSED" for v in graded)
             lines.append(f"- `{exercise}`: {count} of {len(graded)}")
     lines += ["", "`not reached`: the notebook stopped before that checker ran; `missing`: it "
-              "ran to the end without calling it. `cell N` counts code cells from the top."]
+              "ran to the end without calling it. `cell N` counts code cells from the top. "
+              "Verdicts come from the checks themselves, re-run after the last cell; "
+              "`mismatches` lists printed verdict lines they do not confirm."]
     return "\n".join(lines) + "\n"
 
 
@@ -431,6 +528,9 @@ def main(argv: list[str] | None = None) -> int:
                                 kernel_log=out / "executed" / f"{name}.kernel.log")
         passed = sum(v == "PASSED" for v in result.verdicts.values())
         print(f"  {result.status}; {passed} passed; {result.seconds:.1f} s", flush=True)
+        if result.mismatches:
+            print("  printed verdicts not confirmed by the checks: "
+                  + "; ".join(result.mismatches), flush=True)
         results.append(result)
     write_report(results, out, expected, cell_timeout=args.cell_timeout, timeout=args.timeout)
     print(f"wrote {out / 'report.csv'} and {out / 'report.md'}")
