@@ -1,7 +1,9 @@
 # Two commands (see README.md):
 #   make lab    install into .venv and open JupyterLab on course/
-#   make test   install what the tests need into .venv and run the whole test suite
+#   make test   install and run every test: pytest on the pinned stack (.venv), then the
+#               newest-JAX leg (.venv-newest, Python >= 3.12; skipped when there is none)
 # CONSTRAINTS pins the exact versions CI tested; `make lab CONSTRAINTS=` installs the newest.
+# While writing a lesson: `make pytest PYTEST_ARGS="solutions/05_cnn.ipynb course/05_cnn.ipynb"`.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,25 +12,37 @@ CONSTRAINTS ?= requirements/constraints.txt
 PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 PYTEST_ARGS ?=
 
-.PHONY: lab test lint course check-course constraints clean solutions
+.PHONY: lab test pytest test-newest lint course check-course constraints clean solutions
 
 lab: $(VENV)/.installed-lab
-	$(BIN)/jupyter lab --config=jupyter/jupyter_server_config.py
+	@echo "Starting JupyterLab on course/. Open the http://127.0.0.1 URL printed below (it"
+	@echo "carries the login token), then 00_setup.ipynb. Stop it with Ctrl+C."
+	@$(BIN)/jupyter lab --config=jupyter/jupyter_server_config.py --ServerApp.log_level=WARN
 
-test: $(VENV)/.installed-test
+test: pytest test-newest
+
+pytest: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+test-newest:
+	bash tools/test_newest.sh
+
 $(VENV)/bin/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	@echo "Creating $(VENV) with $(PYTHON) ..."
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed-lab: pyproject.toml $(CONSTRAINTS) | $(VENV)/bin/python
-	$(BIN)/python -m pip install $(PIP_C) -e ".[lab]"
-	touch $@
+	@echo "Installing the course, JAX and JupyterLab into $(VENV) (quiet; a minute or two) ..."
+	@t0=$$(date +%s); $(BIN)/python -m pip install -q $(PIP_C) -e ".[lab]" \
+	  && echo "Installed in $$(( $$(date +%s) - t0 )) s."
+	@touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(CONSTRAINTS) | $(VENV)/bin/python
-	$(BIN)/python -m pip install $(PIP_C) -e ".[lab,test]"
-	touch $@ $(VENV)/.installed-lab
+	@echo "Installing the course and its test tools into $(VENV) (quiet; a minute or two) ..."
+	@t0=$$(date +%s); $(BIN)/python -m pip install -q $(PIP_C) -e ".[lab,test]" \
+	  && echo "install (pinned stack): $$(( $$(date +%s) - t0 )) s"
+	@touch $@ $(VENV)/.installed-lab
 
 # Regenerate course/ from solutions/ (run after editing any solution notebook).
 course: $(VENV)/.installed-test
@@ -45,7 +59,7 @@ constraints:
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' > requirements/constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache test-output
+	rm -rf $(VENV) .venv-newest .pytest_cache test-output
 
 # Execute solution notebooks in place (outputs stored) and regenerate course/.
 # make solutions NB=solutions/01_gpu_basics.ipynb   (default: all)

@@ -123,14 +123,16 @@ def _stop(process: subprocess.Popen, grace: float = 15) -> None:
 
 
 @contextlib.contextmanager
-def lab_server(root_dir: Path, state_dir: Path, startup_timeout: float = 90) -> Iterator[LabServer]:
+def lab_server(root_dir: Path, state_dir: Path, startup_timeout: float = 90,
+               extra_env: dict[str, str] | None = None) -> Iterator[LabServer]:
     """``jupyter lab --config=jupyter/jupyter_server_config.py`` on ``root_dir`` (a copy).
 
     Adds only what a test needs: no browser, a free port, a random token, the root folder,
     and a fresh HOME / JUPYTER_CONFIG_DIR / JUPYTER_DATA_DIR / JUPYTER_RUNTIME_DIR /
     IPYTHONDIR under ``state_dir``. The kernel is this Python's (it imports ``utils``);
     the environment (``COURSE_DATA_DIR`` included) is inherited, except ``MPLBACKEND``,
-    which the test session sets and ``make lab`` does not.
+    which the test session sets and ``make lab`` does not. ``extra_env`` is added on top
+    (``{"COURSE_WORK": "smoke"}`` for blank runs).
     """
     token = secrets.token_hex(24)
     port = _free_port()
@@ -140,7 +142,7 @@ def lab_server(root_dir: Path, state_dir: Path, startup_timeout: float = 90) -> 
     env.update(HOME=str(home), JUPYTER_CONFIG_DIR=str(state_dir / "jupyter-config"),
                JUPYTER_DATA_DIR=str(state_dir / "jupyter-data"),
                JUPYTER_RUNTIME_DIR=str(state_dir / "jupyter-runtime"),
-               IPYTHONDIR=str(state_dir / "ipython"))
+               IPYTHONDIR=str(state_dir / "ipython"), **(extra_env or {}))
     for name in ("HOME", "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR",
                  "IPYTHONDIR"):
         Path(env[name]).mkdir(parents=True, exist_ok=True)

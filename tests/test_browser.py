@@ -1,12 +1,15 @@
-"""JupyterLab end to end: every lesson run from the Run menu in a real Chromium.
+"""JupyterLab end to end: every student notebook run from the Run menu in a real Chromium.
 
-For each notebook in course/ (exercises blank) and in solutions/ (solved), a temporary copy
-is opened in JupyterLab started as ``make lab`` starts it, Run > Run All Cells is clicked,
-and once the kernel is idle the page must show: every cell run, no error except the expected
-ones (cells tagged ``raises-exception``; in course/ also a blank exercise's
-NotImplementedError), and one checker line per exercise, all ``NOT ATTEMPTED`` (course/) or
-all ``PASSED`` (solutions/). The exercises expected are the checker lines stored in the
-solved notebook.
+For each notebook in course/ (exercises blank), a temporary copy is opened in JupyterLab
+started as ``make lab`` starts it, Run > Run All Cells is clicked, and once the kernel is idle
+the page must show: every cell run, no error except the expected ones (cells tagged
+``raises-exception``, and a blank exercise's NotImplementedError), and one checker line per
+exercise, all ``NOT ATTEMPTED``. The exercises expected are the checker lines stored in the
+solved notebook. This is the blank run of every lesson: the server runs with
+``COURSE_WORK=smoke`` (``utils.sizing``), as it proves only that the student's notebook runs
+top to bottom; strict nbval of ``solutions/`` proves the real work and every ``PASSED``.
+
+Solutions run in the browser too on request (``COURSE_BROWSER_SOLUTIONS=1``): all ``PASSED``.
 
 Needs Debian's ``chromium`` (``apt-get install chromium``) and the ``playwright`` package
 (never ``playwright install``); skipped with the reason otherwise. Options (environment):
@@ -15,6 +18,7 @@ Needs Debian's ``chromium`` (``apt-get install chromium``) and the ``playwright`
   test-output/browser/ (on failure one is always saved, in the test's tmp folder).
 * ``COURSE_BROWSER_CELL_TIMEOUT`` (default 300 s): give up when no cell finishes for this long.
 * ``COURSE_BROWSER_TIMEOUT`` (default 900 s): give up on a notebook after this long.
+* ``COURSE_BROWSER_SOLUTIONS=1``: also run every solutions/ notebook (full work, all PASSED).
 
 The unit tests at the end check the verdict logic without a browser.
 """
@@ -38,6 +42,9 @@ SCREENSHOT_DIR = ROOT / "test-output" / "browser"
 CELL_TIMEOUT = float(os.environ.get("COURSE_BROWSER_CELL_TIMEOUT", "300"))
 NOTEBOOK_TIMEOUT = float(os.environ.get("COURSE_BROWSER_TIMEOUT", "900"))
 KEEP_SCREENSHOTS = os.environ.get("COURSE_SCREENSHOTS", "") not in ("", "0")
+RUN_SOLUTIONS = os.environ.get("COURSE_BROWSER_SOLUTIONS", "") not in ("", "0")
+#: What the server's kernels get per kind: blank runs do the smallest work (utils.sizing).
+KERNEL_ENV = {"course": {"COURSE_WORK": "smoke"}}
 _workspaces = itertools.count()
 
 
@@ -78,7 +85,8 @@ def lab(tmp_path_factory):
                 if kind in ("course", "solutions"):
                     bh.copy_for_lab(sorted((ROOT / kind).glob("[0-9][0-9]_*.ipynb")), notebooks)
                 notebooks.mkdir(exist_ok=True)
-                servers[kind] = stack.enter_context(bh.lab_server(notebooks, base / "state"))
+                servers[kind] = stack.enter_context(
+                    bh.lab_server(notebooks, base / "state", extra_env=KERNEL_ENV.get(kind)))
             return servers[kind]
 
         yield get
@@ -154,6 +162,8 @@ def test_course_notebook_runs_in_jupyterlab(name, lab, page, tmp_path, capsys):
 
 @pytest.mark.browser
 @pytest.mark.slow
+@pytest.mark.skipif(not RUN_SOLUTIONS, reason="strict nbval proves the solutions; set "
+                    "COURSE_BROWSER_SOLUTIONS=1 to run them in the browser too")
 @pytest.mark.parametrize("name", _lessons("solutions"))
 def test_solution_notebook_runs_in_jupyterlab(name, lab, page, tmp_path, capsys):
     expected = expected_from_solution(name)
