@@ -34,12 +34,22 @@ def _nbytes_as_string(shape, dtype):
     return str(math.prod(shape) * jnp.dtype(dtype).itemsize)
 
 
+def _nbytes_int32(shape, dtype):  # jnp integer arithmetic is int32: wraps past 2 GiB
+    return int(jnp.prod(jnp.asarray(shape, jnp.int32)) * jnp.dtype(dtype).itemsize)
+
+
+def _nbytes_at_least_one_element(shape, dtype):  # right for every non-empty shape
+    return max(1, math.prod(shape)) * jnp.dtype(dtype).itemsize
+
+
 @pytest.mark.parametrize(("wrong", "says"), [
     (_nbytes_elements, "number of elements"),
     (_nbytes_bits, "number of bits"),
     (_nbytes_always_4, "4 bytes per element"),
     (_nbytes_ndim, "returned"),
     (_nbytes_as_string, "whole number of bytes"),
+    (_nbytes_int32, "32-bit integer overflow"),
+    (_nbytes_at_least_one_element, "0 bytes"),
 ])
 def test_array_nbytes_rejects_wrong_answers(capsys, wrong, says):
     line, use = run_checker(capsys, check.array_nbytes, wrong)
@@ -52,10 +62,10 @@ def test_array_nbytes_accepts_other_correct_ways(capsys):
     def via_numpy(shape, dtype):  # np.prod(()) is the float 1.0: still the right number
         return np.prod(shape) * np.dtype(dtype).itemsize
 
-    def via_array(shape, dtype):
-        return jnp.zeros(shape, dtype).nbytes
+    def via_dtype(shape, dtype):
+        return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
-    for fn in (via_numpy, via_array):
+    for fn in (via_numpy, via_dtype):
         line, use = run_checker(capsys, check.array_nbytes, fn)
         assert line.startswith("PASSED array_nbytes:"), line
         assert use is fn
@@ -77,6 +87,10 @@ def test_array_nbytes_reference_values():
     (lambda x: x.astype(jnp.float32), "differs from the reference"),
     (lambda x: x.astype(jnp.float32).reshape(-1) / 255, "shape"),
     (lambda x: x.astype(jnp.float32) / 255 if x.ndim == 2 else x, "dtype uint8"),
+    # right only when the batch holds a 255 (every earlier probe did): the range is fixed
+    (lambda x: jnp.asarray(x, jnp.float32) / jnp.maximum(jnp.max(x), 1), "differs"),
+    (lambda x: (jnp.asarray(x, jnp.float32) - jnp.min(x))
+     / jnp.maximum(jnp.max(x) - jnp.min(x), 1), "differs"),
 ])
 def test_to_unit_float_rejects_wrong_answers(capsys, wrong, says):
     line, use = run_checker(capsys, check.to_unit_float, wrong)
@@ -110,6 +124,12 @@ def test_to_unit_float_reference_values():
     (lambda labels, k: jnp.bincount(labels, length=k).astype(jnp.float32), "dtype float32"),
     (lambda labels, k: jnp.bincount(labels, length=k).at[0].set(0).astype(jnp.int32),
      "differs from the reference"),
+    # a histogram's bins span the labels present, not 0..k-1: wrong when 0 or k-1 is absent
+    (lambda labels, k: jnp.histogram(jnp.asarray(labels), bins=k)[0].astype(jnp.int32),
+     "differs from the reference"),
+    (lambda labels, k: jnp.bincount(labels, length=10).astype(jnp.int32), "shape"),
+    # forgets the last class, the top of the range
+    (lambda labels, k: jnp.bincount(labels, length=k - 1).astype(jnp.int32), "never occurs"),
 ])
 def test_class_counts_rejects_wrong_answers(capsys, wrong, says):
     line, use = run_checker(capsys, check.class_counts, wrong)
@@ -118,14 +138,27 @@ def test_class_counts_rejects_wrong_answers(capsys, wrong, says):
     assert use is check.reference_class_counts
 
 
-def test_class_counts_accepts_scatter_add(capsys):
+def test_class_counts_accepts_scatter_add_and_comparison(capsys):
     def scatter(labels, k):
         return jnp.zeros(k, jnp.int32).at[jnp.asarray(labels)].add(1)
 
-    line, use = run_checker(capsys, check.class_counts, scatter)
-    assert line.startswith("PASSED class_counts:"), line
-    assert "jax.jit" in line
-    assert use is scatter
+    def compare(labels, k):
+        return (jnp.asarray(labels)[:, None] == jnp.arange(k)).sum(0).astype(jnp.int32)
+
+    for fn in (scatter, compare):
+        line, use = run_checker(capsys, check.class_counts, fn)
+        assert line.startswith("PASSED class_counts:"), line
+        assert "jax.jit" in line
+        assert use is fn
+
+
+def test_to_unit_float_accepts_numpy_float32(capsys):
+    def numpy_float32(x):
+        return x.astype(np.float32) / np.float32(255)
+
+    line, use = run_checker(capsys, check.to_unit_float, numpy_float32)
+    assert line.startswith("PASSED to_unit_float:"), line
+    assert use is numpy_float32
 
 
 def test_class_counts_reference_values():

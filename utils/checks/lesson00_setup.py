@@ -74,18 +74,29 @@ _NBYTES_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16, jnp.int8, jnp.uint8, j
                   jnp.int16, jnp.bool_)
 
 
+#: Fixed seeds: every run tries the same inputs, so a verdict never changes between runs.
+_SEED = 20260001
+
+#: 2**29 float32 elements: 2 GiB, one byte past what an int32 holds (32-bit arithmetic
+#: wraps to a negative number). Tried last, after every small shape passed.
+_OVERFLOW_CASE = ((16384, 32768), jnp.float32)
+
+
 def _nbytes_cases(rng: np.random.Generator) -> list[tuple[tuple[int, ...], Any]]:
     cases: list[tuple[tuple[int, ...], Any]] = [
         ((3, 5), jnp.float16),       # 2 bytes per element
         ((), jnp.float32),           # a scalar still takes its 4 bytes
         ((28, 28), jnp.uint8),       # one MNIST image
+        ((1, 784), jnp.bfloat16),    # a batch of one
+        ((0, 28, 28), jnp.float32),  # an empty batch takes 0 bytes
+        ((7, 0), jnp.int8),
     ]
     for dtype in _NBYTES_DTYPES:
         ndim = int(rng.integers(1, 5))
         shape = tuple(int(d) for d in rng.integers(1, 40, size=ndim))
         cases.append((shape, dtype))
     rng.shuffle(cases)
-    return cases
+    return [*cases, _OVERFLOW_CASE]
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -109,7 +120,7 @@ def _as_whole_number(value: Any, call: str) -> int:
 
 
 def _check_array_nbytes(fn: Callable[..., Any]) -> str:
-    cases = _nbytes_cases(np.random.default_rng())
+    cases = _nbytes_cases(np.random.default_rng(_SEED))
     for shape, dtype in cases:
         call = f"array_nbytes({shape}, jnp.{_dtype_name(dtype)})"
         got = _as_whole_number(fn(shape, dtype), call)
@@ -127,18 +138,24 @@ def _check_array_nbytes(fn: Callable[..., Any]) -> str:
             why = " That assumes 4 bytes per element whatever the dtype."
         elif got == len(shape) * itemsize:
             why = " That multiplies by the number of dimensions, not the number of elements."
+        elif expected >= 2**31 and got == (expected + 2**31) % 2**32 - 2**31:
+            why = (" That is a 32-bit integer overflow (jnp arrays of integers are int32): "
+                   "compute with Python ints, e.g. math.prod(shape).")
+        elif size == 0:
+            why = " A shape with a 0 in it has no elements, so it takes 0 bytes."
         raise CheckFailed(f"{call} returned {got} but the answer is {expected}.{why}")
     names = sorted({_dtype_name(d) for _, d in cases})
-    return (f"matches the reference on {len(cases)} shapes (random ones, and a scalar ()) "
-            f"in {', '.join(names)}")
+    return (f"matches the reference on {len(cases)} shapes (random ones, a scalar (), empty "
+            f"ones and one of 2 GiB) in {', '.join(names)}")
 
 
 def array_nbytes(student_fn: Callable[..., Any]) -> Callable[..., Any]:
     """Check ``array_nbytes(shape, dtype) -> int``; print a verdict; return the function to use."""
     return run_check(
         "array_nbytes", student_fn, reference_array_nbytes, _check_array_nbytes,
-        hint="multiply the number of elements (math.prod(shape), 1 for a scalar) by the bytes "
-             "per element, jnp.dtype(dtype).itemsize.",
+        hint="how many elements does the shape hold (a scalar holds one, a 0 anywhere means "
+             "none), and how many bytes does one element of this dtype take? Keep the "
+             "arithmetic in Python ints.",
     )
 
 
@@ -149,13 +166,19 @@ def array_nbytes(student_fn: Callable[..., Any]) -> Callable[..., Any]:
 _PROBE_PIXELS = np.array([[0, 1, 51, 128], [200, 254, 255, 255]], dtype=np.uint8)
 
 
-def _random_images(rng: np.random.Generator, trial: int) -> tuple[np.ndarray]:
-    shapes = [(28, 28), (3, 28, 28), (7,), (2, 5, 4, 3), (16, 784), (1, 1)]
-    images = rng.integers(0, 256, size=shapes[trial % len(shapes)], dtype=np.uint8)
-    flat = images.reshape(-1)
-    flat[0] = 255  # both ends of the range in every input
-    flat[-1] = 0 if flat.size > 1 else 255
-    return (images,)
+def _random_images(rng: np.random.Generator, trial: int) -> tuple[Any]:
+    shapes = [(28, 28), (1, 28, 28), (7,), (2, 5, 4, 3), (16, 784), (1, 1), (0, 28, 28)]
+    shape = shapes[trial % len(shapes)]
+    # The range varies: full 0..255, dark (no 255), bright (no 0), one value only. An answer
+    # that divides by x.max() or rescales min..max is right only on the full range.
+    low, high = [(0, 256), (0, 200), (60, 256), (17, 18), (0, 256), (0, 256), (0, 256)][
+        trial % len(shapes)]
+    images = rng.integers(low, high, size=shape, dtype=np.uint8)
+    if trial == 0 and images.size > 1:
+        flat = images.reshape(-1)
+        flat[0], flat[-1] = 255, 0  # both ends of the range
+    # MNIST comes as NumPy uint8; a batch already on the device is a jax.Array.
+    return (jnp.asarray(images) if trial % 2 else images,)
 
 
 def _check_to_unit_float(fn: Callable[..., Any]) -> str:
@@ -178,15 +201,16 @@ def _check_to_unit_float(fn: Callable[..., Any]) -> str:
                               "brightest pixel is exactly 1.0.")
     expect_array(got, _PROBE_PIXELS.shape, np.float32,
                  what=f"the output for a {_PROBE_PIXELS.shape} uint8 input")
-    return compare_with_reference(fn, reference_to_unit_float, _random_images, trials=6,
-                                  rtol=1e-6, atol=1e-7)
+    return compare_with_reference(fn, reference_to_unit_float, _random_images, trials=7,
+                                  rtol=1e-6, atol=1e-7, rng=np.random.default_rng(_SEED))
 
 
 def to_unit_float(student_fn: Callable[..., Any]) -> Callable[..., Any]:
     """Check ``to_unit_float(images) -> float32``; print a verdict; return the function to use."""
     return run_check(
         "to_unit_float", student_fn, reference_to_unit_float, _check_to_unit_float,
-        hint="cast to float32 first, then divide by 255: images.astype(jnp.float32) / 255.",
+        hint="which dtype does the result need, and which number must the brightest possible "
+             "pixel, 255, map to (whether or not this batch contains it)?",
     )
 
 
@@ -196,14 +220,17 @@ def to_unit_float(student_fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _random_labels(rng: np.random.Generator, trial: int) -> tuple[Any, int]:
     num_classes = int(rng.integers(3, 21))
-    n = (1, 50, 333, 64, 1000, 20)[trial % 6]  # the shortest and longest shapes are unique
-    if trial % 3 == 0:  # only some classes occur, and never the last one
-        present = rng.choice(num_classes - 1, size=max(1, (num_classes - 1) // 2), replace=False)
+    n = (1, 50, 333, 64, 1000, 20, 0)[trial % 7]  # a batch of one, and an empty one
+    if trial % 3 == 0:  # only some classes occur: never the first or the last one
+        middle = np.arange(1, num_classes - 1)
+        present = rng.choice(middle, size=max(1, len(middle) // 2), replace=False)
         labels = rng.choice(present, size=n)
-    elif trial % 3 == 1:  # one class only
-        labels = np.full(n, rng.integers(0, num_classes))
-    else:
+    elif trial % 3 == 1:  # one class only: the last one, the top of the range
+        labels = np.full(n, num_classes - 1)
+    else:  # every class, the first and the last included
         labels = rng.integers(0, num_classes, size=n)
+        if n >= 2:
+            labels[:2] = (0, num_classes - 1)
     # MNIST's labels come as uint8 NumPy arrays; JAX code passes int32 device arrays.
     labels = labels.astype(np.uint8) if trial % 2 else jnp.asarray(labels, dtype=jnp.int32)
     return labels, num_classes
@@ -225,14 +252,15 @@ def _check_class_counts(fn: Callable[..., Any]) -> str:
         )
     expect_close(got, reference_class_counts(labels, 7),
                  what=f"the output for labels {labels.tolist()} and 7 classes")
-    return compare_with_reference(fn, reference_class_counts, _random_labels, trials=6,
-                                  static_argnums=(1,))
+    return compare_with_reference(fn, reference_class_counts, _random_labels, trials=7,
+                                  static_argnums=(1,), rng=np.random.default_rng(_SEED))
 
 
 def class_counts(student_fn: Callable[..., Any]) -> Callable[..., Any]:
     """Check ``class_counts(labels, num_classes) -> int32 (num_classes,)``; print a verdict."""
     return run_check(
         "class_counts", student_fn, reference_class_counts, _check_class_counts,
-        hint="jnp.bincount(labels, length=num_classes) counts every class, absent ones as 0 "
-             "(length also makes it work under jax.jit); return it as int32.",
+        hint="the result has one entry per class whatever labels hold (under jax.jit its "
+             "shape may depend only on num_classes, never on the values); which jnp "
+             "function counts occurrences, and how do you tell it the length?",
     )
