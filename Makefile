@@ -3,7 +3,8 @@
 #   make test   install and run every test: pytest on the pinned stack (.venv), then the
 #               newest-JAX leg (.venv-newest, Python >= 3.12; skipped when there is none)
 # CONSTRAINTS pins the exact versions CI tested; `make lab CONSTRAINTS=` installs the newest.
-# While writing a lesson: `make pytest PYTEST_ARGS="solutions/05_cnn.ipynb course/05_cnn.ipynb"`.
+# While writing a lesson: `make test PYTEST_ARGS="solutions/05_cnn.ipynb course/05_cnn.ipynb"`
+# runs only that pytest selection (no newest-JAX leg).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +20,11 @@ lab: $(VENV)/.installed-lab
 	@echo "carries the login token), then 00_setup.ipynb. Stop it with Ctrl+C."
 	@$(BIN)/jupyter lab --config=jupyter/jupyter_server_config.py --ServerApp.log_level=WARN
 
-test: pytest test-newest
+# With PYTEST_ARGS (a selection of tests or notebooks) only that pytest selection runs.
+test: pytest
+ifeq ($(strip $(PYTEST_ARGS)),)
+	@$(MAKE) --no-print-directory test-newest
+endif
 
 pytest: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
