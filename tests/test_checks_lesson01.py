@@ -143,3 +143,42 @@ def test_reference_time_call_waits_for_a_real_jax_computation():
     naive = min(_no_block(matmul, a, a) for _ in range(3))
     assert honest > 0
     assert naive < honest
+
+
+# ---- near misses: edge shapes, overflow, other conventions --------------------------
+
+def test_matmul_flops_rejects_the_exact_addition_count(capsys):
+    # n*m*(2k-1) counts k-1 additions: right by another convention, not the lesson's
+    expect_failed(capsys, check.matmul_flops, "matmul_flops",
+                  lambda n, k, m: n * m * (2 * k - 1), "k - 1 additions")
+
+
+def test_matmul_flops_rejects_jnp_int32_arithmetic(capsys):
+    def jnp_int32(n, k, m):  # a Python int times a jnp int32 stays int32, and wraps
+        return int(jnp.int32(2) * n * k * m)
+
+    expect_failed(capsys, check.matmul_flops, "matmul_flops", jnp_int32, "overflow")
+
+
+def test_matmul_flops_rejects_counting_the_output_elements(capsys):
+    expect_failed(capsys, check.matmul_flops, "matmul_flops", lambda n, k, m: 2 * n * max(k, 1) * m,
+                  "returned 48 but the answer is 0")
+
+
+def test_matmul_bytes_rejects_float64_and_int32(capsys):
+    expect_failed(capsys, check.matmul_bytes, "matmul_bytes",
+                  lambda n, k, m: 8 * (n * k + k * m + n * m), "float64")
+
+    def int32(n, k, m):
+        with np.errstate(over="ignore"):
+            return int(np.int32(4) * (np.int32(n) * np.int32(k) + np.int32(k) * np.int32(m)
+                                      + np.int32(n) * np.int32(m)))
+
+    # 4096^3 is fine for bytes (3 * 4096^2 * 4 < 2^31): int32 passes here, honestly
+    line, _ = run_checker(capsys, check.matmul_bytes, int32)
+    assert line.startswith("PASSED"), line
+
+
+def test_matmul_shapes_are_the_same_every_run():
+    assert check._shapes() == check._shapes()
+    assert (6, 0, 4) in check._shapes() and (1, 784, 10) in check._shapes()
