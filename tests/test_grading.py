@@ -350,3 +350,9 @@ def test_a_torn_or_foreign_record_line_is_ignored(tmp_path):
     result = NotebookResult("x.ipynb", "01_x")
     grading._read_record(record, result)
     assert result.verdicts == {"a": "PASSED"} and result.order == ["a"]
+
+
+def test_readme_sample_report_is_the_real_one():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert EXPECTED_MD in readme and EXPECTED_CSV in readme, (
+        "README.md's sample report differs from what the tests expect: paste the new one")
