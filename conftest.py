@@ -92,18 +92,25 @@ def pytest_collection_modifyitems(config, items):
         items[:] = keep
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item):
-    """Blank course/ notebooks do the smallest work (the kernel starts with the first cell)."""
-    path = item.nodeid.split("::", 1)[0]
-    if not path.endswith(".ipynb"):
-        return
-    if path.startswith("course/"):
-        os.environ["COURSE_WORK"] = "smoke"
-    elif _USER_WORK is None:
+def _restore_work() -> None:
+    if _USER_WORK is None:
         os.environ.pop("COURSE_WORK", None)
     else:
         os.environ["COURSE_WORK"] = _USER_WORK
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Blank course/ notebooks do the smallest work: a notebook's kernel starts (and takes
+    this process's environment) when its first cell is set up."""
+    if item.nodeid.startswith("course/") and item.nodeid.split("::", 1)[0].endswith(".ipynb"):
+        os.environ["COURSE_WORK"] = "smoke"
+    else:
+        _restore_work()
+
+
+def pytest_runtest_teardown(item):
+    _restore_work()
 
 
 def pytest_runtest_logreport(report):
