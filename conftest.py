@@ -69,6 +69,7 @@ def pytest_configure(config):
         os.environ["COURSE_DATA_DIR"] = str(SHARED_DATA)
 
 
+@pytest.hookimpl(trylast=True)  # after -m / -k have deselected what they will
 def pytest_collection_modifyitems(config, items):
     """Blank course/ notebooks run in the browser when it can run; nbval runs them otherwise
     (or when a course notebook is named on the command line)."""
