@@ -116,13 +116,13 @@ def make_wrong_gradient():
 
 def test_sgd_static_lr_fails_on_recompilation(capsys):
     line = expect_failed(capsys, check.make_sgd_step, "make_sgd_step", make_static_lr,
-                          "compiled 6 times for 6 calls", "static")
+                          "compiled 9 times for 9 calls", "static")
     assert "learning rate" in line
 
 
 def test_sgd_static_lr_by_position_fails(capsys):
     expect_failed(capsys, check.make_sgd_step, "make_sgd_step", make_static_lr_by_position,
-                   "compiled 6 times")
+                   "compiled 9 times")
 
 
 def test_sgd_python_float_fails_as_not_traceable(capsys):
@@ -241,7 +241,7 @@ def pad_returns_only_padded(x, bucket):
 
 def test_pad_one_bucket_too_many_fails(capsys):
     expect_failed(capsys, check.pad_to_bucket, "pad_to_bucket", pad_always_one_more_bucket,
-                   "has shape")
+                   "already fill")
 
 
 def test_pad_with_edge_values_fails(capsys):
@@ -272,3 +272,116 @@ def test_pad_jnp_implementation_is_accepted(capsys):
 
     line, _ = run_checker(capsys, check.pad_to_bucket, pad_jnp)
     assert line.startswith("PASSED pad_to_bucket:"), line
+
+
+# ---- near misses: edge values, gradients, varied parameters, donation -----------------
+
+def huber_sqrt_abs(x, delta):  # |x| as sqrt(x**2): inf for outliers, and NaN gradient at 0
+    abs_x = jnp.sqrt(x**2)
+    return jnp.where(abs_x <= delta, 0.5 * x**2, delta * (abs_x - 0.5 * delta))
+
+
+def huber_nan_gradient_at_zero(x, delta):  # right values everywhere; d sqrt(u)/du at u = 0
+    abs_x = jnp.where(jnp.abs(x) > 1e18, jnp.abs(x), jnp.sqrt(jnp.minimum(x**2, 1e36)))
+    return jnp.where(abs_x <= delta, 0.5 * x**2, delta * (abs_x - 0.5 * delta))
+
+
+def huber_difference_of_squares(x, delta):  # right algebra; inf - inf = NaN for outliers
+    return 0.5 * x**2 - 0.5 * jnp.maximum(jnp.abs(x) - delta, 0.0) ** 2
+
+
+def huber_delta_one(x, delta):  # ignores the delta it receives
+    return check.reference_huber(x, 1.0)
+
+
+def huber_stop_gradient(x, delta):  # values right, gradient cut
+    return lax.stop_gradient(check.reference_huber(x, delta)) + 0.0 * x
+
+
+def test_huber_nan_gradient_at_zero_fails(capsys):
+    expect_failed(capsys, check.huber, "huber", huber_nan_gradient_at_zero,
+                  "gradient of huber at x = 0")
+
+
+def test_huber_overflowing_outliers_fail(capsys):
+    for wrong in (huber_difference_of_squares, huber_sqrt_abs):
+        expect_failed(capsys, check.huber, "huber", wrong, "overflowed float32")
+
+
+def test_huber_hard_coded_delta_fails(capsys):
+    expect_failed(capsys, check.huber, "huber", huber_delta_one, "differs from the reference")
+
+
+def test_huber_wrong_gradient_fails(capsys):
+    expect_failed(capsys, check.huber, "huber", huber_stop_gradient, "gradient of huber")
+
+
+def make_donating_step():
+    def step(w, x, y, lr):
+        return _sgd(w, x, y, lr)
+
+    return jax.jit(step, donate_argnums=0)  # lesson 02 recommends donating the parameters
+
+
+def make_fixed_batch_size():
+    return jax.jit(lambda w, x, y, lr: w - lr * x.T @ (x @ w - y) / 32)
+
+
+def make_mean_over_features():
+    return jax.jit(lambda w, x, y, lr: w - lr * x.T @ (x @ w - y) / x.shape[1])
+
+
+def test_sgd_donating_the_parameters_passes(capsys):
+    line, use = run_checker(capsys, check.make_sgd_step, make_donating_step)
+    assert line.startswith("PASSED make_sgd_step:"), line
+    assert use is make_donating_step
+
+
+def test_sgd_hard_coded_batch_size_fails(capsys):
+    expect_failed(capsys, check.make_sgd_step, "make_sgd_step", make_fixed_batch_size,
+                  "differs from the reference", "shape (1, 3)")
+
+
+def test_sgd_mean_over_features_fails(capsys):
+    expect_failed(capsys, check.make_sgd_step, "make_sgd_step", make_mean_over_features,
+                  "differs from the reference")
+
+
+def ema_swapped_decay(xs, decay):  # the same as the reference at decay = 0.5 only
+    return check.reference_ema(xs, 1 - decay) * 1.0
+
+
+def test_ema_swapped_decay_fails(capsys):
+    expect_failed(capsys, check.ema, "ema", ema_swapped_decay, "differs from the reference")
+
+
+def pad_hard_coded_bucket(x, bucket):
+    return check.reference_pad_to_bucket(x, 8)
+
+
+def pad_always_float32(x, bucket):
+    padded, mask = check.reference_pad_to_bucket(x, bucket)
+    return padded.astype(np.float32), mask
+
+
+def pad_two_dimensional_only(x, bucket):
+    x = np.asarray(x)
+    n, m = x.shape[0], bucket * math.ceil(x.shape[0] / bucket)
+    padded = np.zeros((m, x.shape[1] if x.ndim > 1 else 1), x.dtype)
+    padded[:n] = x.reshape(n, -1)[:, : padded.shape[1]]
+    return padded, np.arange(m) < n
+
+
+def test_pad_hard_coded_bucket_fails(capsys):
+    expect_failed(capsys, check.pad_to_bucket, "pad_to_bucket", pad_hard_coded_bucket,
+                  "has shape", ", 5)")
+
+
+def test_pad_changing_the_dtype_fails(capsys):
+    expect_failed(capsys, check.pad_to_bucket, "pad_to_bucket", pad_always_float32,
+                  "dtype float32 but expected int32")
+
+
+def test_pad_ignoring_trailing_axes_fails(capsys):
+    expect_failed(capsys, check.pad_to_bucket, "pad_to_bucket", pad_two_dimensional_only,
+                  "has shape")

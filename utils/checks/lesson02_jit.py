@@ -117,6 +117,9 @@ def reference_pad_to_bucket(x: ArrayLike, bucket: int) -> tuple[np.ndarray, np.n
     return padded, np.arange(m) < n
 
 
+#: Fixed seeds: every run tries the same inputs, so a verdict never changes between runs.
+_SEED = 20260201
+
 # --------------------------------------------------------------------------------------
 # huber: jnp.where, traceable
 # --------------------------------------------------------------------------------------
@@ -139,25 +142,63 @@ def _check_huber(fn: Callable[..., Any]) -> str:
             )
     x = jnp.array([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0], jnp.float32)
     expect_close(fn(x, 1.0), _numpy_huber(np.asarray(x), 1.0), what=f"huber({x.tolist()}, 1.0)")
+    # Large errors (an outlier of 1e20: its square overflows float32 in the branch not taken)
+    # and points exactly at +-delta, with a delta other than 1.
+    delta = 0.75
+    edge = jnp.array([-1e20, -3e4, -delta, delta, 2.5, 1e20], jnp.float32)
+    got = fn(edge, delta)
+    shown = "[" + ", ".join(f"{v:g}" for v in np.asarray(edge).tolist()) + "]"
+    if hasattr(got, "shape") and tuple(got.shape) == edge.shape and not np.all(
+            np.isfinite(np.asarray(got, np.float64))):
+        raise CheckFailed(
+            f"huber({shown}, {delta}) returned {np.asarray(got).tolist()}: inf or NaN for the "
+            "largest errors, whose loss is finite. An intermediate overflowed float32 (x**2 "
+            "is inf for |x| = 1e20): compute each branch from |x| so the one jnp.where picks "
+            "never needs the square of an outlier (sqrt(x**2) or a difference of squares do)."
+        )
+    expect_close(got, _numpy_huber(np.asarray(edge), delta), rtol=1e-5,
+                 what=f"huber({shown}, {delta})")
+    _check_huber_gradient(fn)
     # Random shapes under jit only: run op by op, every new shape compiles each operation.
     checked = compare_with_reference(jax.jit(fn), _numpy_huber, _huber_args, trials=6,
-                                     jit=False, rtol=1e-5, atol=1e-5)
-    return (f"{checked} under jax.jit, and without jit on a fixed input; traceable (no "
-            "Python if on traced values)")
+                                     jit=False, rtol=1e-5, atol=1e-5,
+                                     rng=np.random.default_rng(_SEED))
+    return (f"{checked} under jax.jit, and without jit on fixed inputs (outliers of 1e20, "
+            "points at +-delta); gradients match, 0 included; traceable (no Python if on "
+            "traced values)")
+
+
+def _check_huber_gradient(fn: Callable[..., Any]) -> None:
+    """A loss is differentiated later: its gradient must be right, at 0 and at +-delta too."""
+    delta = 1.5
+    x = jnp.array([-4.0, -1.5, -0.3, 0.0, 0.7, 1.5, 6.0, 1e20], jnp.float32)
+    got = jax.grad(lambda v: jnp.sum(fn(v, delta)))(x)
+    expected = np.clip(np.asarray(x, np.float64), -delta, delta)  # x inside, +-delta outside
+    bad = ~np.isclose(np.asarray(got, np.float64), expected, rtol=1e-5, atol=1e-6)
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        raise CheckFailed(
+            f"the gradient of huber at x = {float(x[i]):g} (delta = {delta}) is "
+            f"{float(got[i]):g}, but it should be {expected[i]:g}: x inside the threshold, "
+            "+-delta outside. The values may be right while the gradient is not: a NaN comes "
+            "from an operation whose derivative is undefined at that point (sqrt(x**2) at 0, "
+            "say), or from a branch that overflows even where jnp.where does not pick it."
+        )
 
 
 def _numpy_huber(x: ArrayLike, delta: float) -> np.ndarray:
     x = np.asarray(x)
-    return np.where(np.abs(x) <= delta, 0.5 * x**2, delta * (np.abs(x) - 0.5 * delta)).astype(
-        x.dtype)
+    wide = x.astype(np.float64)  # float64: the square of an outlier does not overflow here
+    return np.where(np.abs(wide) <= delta, 0.5 * wide**2,
+                    delta * (np.abs(wide) - 0.5 * delta)).astype(x.dtype)
 
 
 def huber(student_fn: Callable[..., Any]) -> Callable[..., Any]:
     """Check ``huber(x, delta)``; print a verdict; return the function to use."""
     return run_check(
         "huber", student_fn, reference_huber, _check_huber,
-        hint="compute both branches and pick with jnp.where(jnp.abs(x) <= delta, quadratic, "
-             "linear); never `if` on x.",
+        hint="under jax.jit x has no value yet, so which function chooses between the two "
+             "formulas elementwise, without a Python if?",
     )
 
 
@@ -183,14 +224,19 @@ def _check_make_sgd_step(make: Callable[..., Any]) -> str:
     if not callable(getattr(step, "lower", None)):
         raise CheckFailed("make_sgd_step() returned a function that is not jitted: return "
                           "jax.jit(...) of it.")
-    rng = np.random.default_rng()
-    shapes = [(32, 5), (48, 3)]
+    rng = np.random.default_rng(_SEED)
+    shapes = [(32, 5), (1, 3), (48, 3)]  # a batch of one; n != d, so /n and /d differ
     lrs = [float(v) for v in rng.uniform(0.01, 0.5, size=3)]
     calls = 0
     with CompileCounter(step) as counter:
         for n, d in shapes:
             for lr in lrs:  # a new learning rate and a new batch every call
                 w, x, y = _sgd_case(rng, n, d)
+                # The expected value first, from host copies: a step that donates its
+                # arguments (donate_argnums, as lesson 02 recommends) deletes w, so the
+                # checker never reads an argument after the call.
+                w_, x_, y_ = (np.asarray(a, np.float64) for a in (w, x, y))
+                expected = (w_ - lr * x_.T @ (x_ @ w_ - y_) / n).astype(np.float32)
                 try:
                     got = step(w, x, y, lr)
                 except _TRACER_ERRORS as error:
@@ -199,8 +245,6 @@ def _check_make_sgd_step(make: Callable[..., Any]) -> str:
                         "np.asarray(...) or a Python if turns a traced value into a Python one."
                     ) from None
                 calls += 1
-                w_, x_, y_ = (np.asarray(a, np.float64) for a in (w, x, y))
-                expected = (w_ - lr * x_.T @ (x_ @ w_ - y_) / n).astype(np.float32)
                 expect_close(got, expected, rtol=1e-4, atol=1e-5,
                              what=f"the new w for x of shape {(n, d)} and lr={lr:.3f}")
     if counter.compiles > len(shapes):
@@ -211,15 +255,16 @@ def _check_make_sgd_step(make: Callable[..., Any]) -> str:
             "an ordinary traced argument."
         )
     return (f"jitted; correct on {calls} calls with new data and {len(lrs)} learning rates, "
-            f"and compiled at most once per input shape ({len(shapes)} shapes)")
+            f"batch sizes 1 to 48, and compiled at most once per input shape "
+            f"({len(shapes)} shapes)")
 
 
 def make_sgd_step(student_fn: Callable[..., Any]) -> Callable[..., Any]:
     """Check ``make_sgd_step() -> jitted step``; print a verdict; return the factory to use."""
     return run_check(
         "make_sgd_step", student_fn, reference_make_sgd_step, _check_make_sgd_step,
-        hint="write step(w, x, y, lr) with jnp operations only and return jax.jit(step), "
-             "with no static arguments.",
+        hint="which arguments change from call to call, and which of them (if any) should "
+             "be part of the compilation cache key? Divide by the batch size, whatever it is.",
     )
 
 
@@ -258,7 +303,8 @@ def _check_ema(fn: Callable[..., Any]) -> str:
             "sequence length. Let lax.scan carry m from step to step."
         )
     checked = compare_with_reference(jax.jit(fn), _numpy_ema, _ema_args, trials=6,
-                                     jit=False, rtol=1e-4, atol=1e-5)
+                                     jit=False, rtol=1e-4, atol=1e-5,
+                                     rng=np.random.default_rng(_SEED))
     return (f"{checked} under jax.jit, and without jit on a fixed input; its jaxpr is as long "
             "for 8 steps as for 64 (no Python loop over time)")
 
@@ -267,8 +313,8 @@ def ema(student_fn: Callable[..., Any]) -> Callable[..., Any]:
     """Check ``ema(xs, decay)``; print a verdict; return the function to use."""
     return run_check(
         "ema", student_fn, reference_ema, _check_ema,
-        hint="lax.scan(step, jnp.zeros_like(xs[0]), xs) with step(m, x) returning "
-             "(new_m, new_m), where new_m = decay * m + (1 - decay) * x.",
+        hint="what does lax.scan carry from one step to the next, what does each step "
+             "output, and what is m before the first step?",
     )
 
 
@@ -276,34 +322,56 @@ def ema(student_fn: Callable[..., Any]) -> Callable[..., Any]:
 # pad_to_bucket: shapes from a few buckets, so a jitted consumer compiles once per bucket
 # --------------------------------------------------------------------------------------
 
-_SIZES_CHECKED = 6
-_BUCKET = 8  # fixed, so the shapes (and their compiled programs) repeat between runs
+_BUCKETS = (8, 5, 1, 32)  # varied: an answer that hard-codes one bucket size fails
+
+
+def _pad_input(rng: np.random.Generator, n: int, trial: int) -> np.ndarray:
+    """float32, int32 or uint8 (values up to 255) rows, with or without trailing axes."""
+    tail = ((3,), (), (2, 2))[trial % 3]
+    kind = trial % 3
+    if kind == 0:
+        return rng.uniform(1.0, 2.0, size=(n, *tail)).astype(np.float32)
+    if kind == 1:
+        return rng.integers(-1000, 1000, size=(n, *tail)).astype(np.int32)
+    return rng.integers(200, 256, size=(n, *tail)).astype(np.uint8)
+
+
+def _sizes_for(bucket: int, rng: np.random.Generator) -> list[int]:
+    """The edges (1, a full bucket, one more, several buckets) and one random size."""
+    return sorted({1, max(1, bucket - 1), bucket, bucket + 1, 3 * bucket,
+                   int(rng.integers(1, 4 * bucket + 1))})
 
 
 def _check_pad_to_bucket(fn: Callable[..., Any]) -> str:
-    rng = np.random.default_rng()
-    bucket = _BUCKET
-    # the edges (1, a full bucket, one more) and one random size: _SIZES_CHECKED in all
-    sizes = [1, bucket - 1, bucket, bucket + 1, 3 * bucket, int(rng.integers(2, 4 * bucket))]
-    for n in sizes:
-        tail = (3,) if n % 2 else ()
-        x = rng.uniform(1.0, 2.0, size=(n, *tail)).astype(np.float32)
-        out = fn(x, bucket)
-        call = f"pad_to_bucket(x of shape {tuple(x.shape)}, {bucket})"
-        if not isinstance(out, tuple | list) or len(out) != 2:
-            raise CheckFailed(f"{call} returned a {type(out).__name__}; expected a tuple "
-                              "(padded, mask).")
-        m = bucket * math.ceil(n / bucket)
-        padded = expect_array(out[0], (m, *tail), jnp.float32, what=f"padded from {call}")
-        mask = expect_array(out[1], (m,), jnp.bool_, what=f"mask from {call}")
-        if not np.array_equal(padded[:n], x):
-            raise CheckFailed(f"the first {n} rows of padded from {call} are not x itself.")
-        if np.any(padded[n:] != 0):
-            raise CheckFailed(f"the padding rows from {call} are not all zeros.")
-        if not np.array_equal(mask, np.arange(m) < n):
-            raise CheckFailed(f"mask from {call} should be True for the {n} real rows and "
-                              "False for the padding.")
-    return _check_one_compile_per_bucket(fn, rng, bucket)
+    rng = np.random.default_rng(_SEED)
+    tried = 0
+    for bucket in _BUCKETS:
+        for n in _sizes_for(bucket, rng):
+            x = _pad_input(rng, n, tried)
+            tried += 1
+            out = fn(x, bucket)
+            call = f"pad_to_bucket(x of shape {tuple(x.shape)} and dtype {x.dtype}, {bucket})"
+            if not isinstance(out, tuple | list) or len(out) != 2:
+                raise CheckFailed(f"{call} returned a {type(out).__name__}; expected a tuple "
+                                  "(padded, mask).")
+            m = bucket * math.ceil(n / bucket)
+            rows = getattr(out[0], "shape", (None,))[:1]
+            if rows and rows[0] != m and rows[0] == m + bucket and n % bucket == 0:
+                raise CheckFailed(f"{call} returned {rows[0]} rows, but {n} rows already fill "
+                                  f"{n // bucket} bucket(s) of {bucket}: pad to {m}, the next "
+                                  "multiple at or above n, adding no rows when n is one.")
+            padded = expect_array(out[0], (m, *x.shape[1:]), x.dtype, what=f"padded from {call}")
+            mask = expect_array(out[1], (m,), jnp.bool_, what=f"mask from {call}")
+            if not np.array_equal(padded[:n], x):
+                raise CheckFailed(f"the first {n} rows of padded from {call} are not x itself.")
+            if np.any(padded[n:] != 0):
+                raise CheckFailed(f"the padding rows from {call} are not all zeros.")
+            if not np.array_equal(mask, np.arange(m) < n):
+                raise CheckFailed(f"mask from {call} should be True for the {n} real rows and "
+                                  "False for the padding.")
+    return (f"right shapes, dtypes, zeros and mask for {tried} sizes around buckets of "
+            f"{', '.join(map(str, _BUCKETS))} (float32, int32 and uint8 rows); "
+            + _check_one_compile_per_bucket(fn, rng, _BUCKETS[0]))
 
 
 def _check_one_compile_per_bucket(fn: Callable[..., Any], rng: np.random.Generator,
@@ -323,8 +391,7 @@ def _check_one_compile_per_bucket(fn: Callable[..., Any], rng: np.random.Generat
     if counter.compiles > buckets:  # pragma: no cover - the shape checks catch this first
         raise CheckFailed(f"a jitted function fed padded batches compiled {counter.compiles} "
                           f"times for {buckets} buckets.")
-    return (f"right shapes, zeros and mask for {_SIZES_CHECKED} sizes around the bucket; "
-            f"{len(sizes)} batches of random sizes made a jitted masked mean compile at most "
+    return (f"{len(sizes)} batches of random sizes made a jitted masked mean compile at most "
             "once per bucket, with the right means")
 
 
@@ -332,6 +399,6 @@ def pad_to_bucket(student_fn: Callable[..., Any]) -> Callable[..., Any]:
     """Check ``pad_to_bucket(x, bucket) -> (padded, mask)``; print a verdict; return the fn."""
     return run_check(
         "pad_to_bucket", student_fn, reference_pad_to_bucket, _check_pad_to_bucket,
-        hint="m = bucket * math.ceil(n / bucket); padded = np.zeros((m, *x.shape[1:]), "
-             "x.dtype); padded[:n] = x; mask = np.arange(m) < n.",
+        hint="what is the smallest multiple of bucket that is at least n, which dtype and "
+             "trailing shape must the zero rows have, and which rows does the mask mark?",
     )
