@@ -28,6 +28,7 @@ CHECKERS = {
     "00 class_counts": (l00.class_counts, l00.reference_class_counts),
     "01 matmul_flops": (l01.matmul_flops, l01.reference_matmul_flops),
     "01 matmul_bytes": (l01.matmul_bytes, l01.reference_matmul_bytes),
+    "01 swap_rows": (l01.swap_rows, l01.reference_swap_rows),
     "01 time_call": (l01.time_call, l01.reference_time_call),
     "02 huber": (l02.huber, l02.reference_huber),
     "02 make_sgd_step": (l02.make_sgd_step, l02.reference_make_sgd_step),

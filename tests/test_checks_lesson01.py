@@ -182,3 +182,64 @@ def test_matmul_bytes_rejects_float64_and_int32(capsys):
 def test_matmul_shapes_are_the_same_every_run():
     assert check._shapes() == check._shapes()
     assert (6, 0, 4) in check._shapes() and (1, 784, 10) in check._shapes()
+
+
+# ---- swap_rows ------------------------------------------------------------------------
+
+def swap_sequentially(x, i, j):  # the second update reads the already updated array
+    y = jnp.asarray(x).at[i].set(x[j])
+    return y.at[j].set(y[i])
+
+
+def swap_by_arithmetic(x, i, j):  # exact for ints (wrapping), loses small floats to big ones
+    x = jnp.asarray(x)
+    d = x[j] - x[i]
+    return x.at[i].add(d).at[j].add(-d)
+
+
+def swap_with_python_if(x, i, j):  # needs a concrete i and j: fails under jax.jit
+    if i == j:
+        return jnp.asarray(x)
+    return check.reference_swap_rows(x, i, j)
+
+
+def swap_numpy_in_place(x, i, j):  # a NumPy copy swapped in place: no tracer under jit
+    x = np.array(x)
+    x[[i, j]] = x[[j, i]]
+    return x
+
+
+def swap_by_fancy_index(x, i, j):  # right too: a permutation of the rows
+    x = jnp.asarray(x)
+    order = jnp.arange(x.shape[0])
+    i, j = i % x.shape[0], j % x.shape[0]
+    return x[order.at[i].set(j).at[j].set(i)]
+
+
+def test_swap_rows_reference_values():
+    x = jnp.arange(6).reshape(3, 2)
+    np.testing.assert_array_equal(check.reference_swap_rows(x, 0, -1), [[4, 5], [2, 3], [0, 1]])
+    np.testing.assert_array_equal(check.reference_swap_rows(x, 1, 1), x)
+
+
+def test_swap_rows_rejects_reading_the_updated_array(capsys):
+    expect_failed(capsys, check.swap_rows, "swap_rows", swap_sequentially,
+                  "already updated array")
+
+
+def test_swap_rows_rejects_an_arithmetic_swap(capsys):
+    expect_failed(capsys, check.swap_rows, "swap_rows", swap_by_arithmetic, "differs")
+
+
+def test_swap_rows_rejects_a_python_if(capsys):
+    expect_failed(capsys, check.swap_rows, "swap_rows", swap_with_python_if, "jax.jit")
+
+
+def test_swap_rows_rejects_numpy_in_place(capsys):
+    expect_failed(capsys, check.swap_rows, "swap_rows", swap_numpy_in_place, "jax.jit")
+
+
+def test_swap_rows_accepts_a_permutation(capsys):
+    line, use = run_checker(capsys, check.swap_rows, swap_by_fancy_index)
+    assert line.startswith("PASSED swap_rows:"), line
+    assert use is swap_by_fancy_index

@@ -9,6 +9,8 @@ lesson goes on with (the student's if it passed, else the reference)::
 
 Exercises:
 
+- ``swap_rows(x, i, j)``: a copy of ``x`` with rows ``i`` and ``j`` exchanged, with ``.at[]``
+  (JAX arrays are immutable).
 - ``matmul_flops(n, k, m)``: floating-point operations of ``A @ B``, A ``(n, k)``, B ``(k, m)``.
 - ``matmul_bytes(n, k, m)``: bytes a float32 ``A @ B`` must move at least (A, B read, C written).
 - ``time_call(fn, *args)``: seconds of one steady-state call, timed honestly (warm-up first,
@@ -22,9 +24,11 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
-from utils.exercises import CheckFailed, run_check
+from utils.exercises import CheckFailed, compare_with_reference, run_check
 
 __all__ = [
     "FLOAT32_BYTES",
@@ -32,7 +36,9 @@ __all__ = [
     "matmul_flops",
     "reference_matmul_bytes",
     "reference_matmul_flops",
+    "reference_swap_rows",
     "reference_time_call",
+    "swap_rows",
     "time_call",
 ]
 
@@ -43,6 +49,16 @@ FLOAT32_BYTES = 4
 # --------------------------------------------------------------------------------------
 # Reference solutions
 # --------------------------------------------------------------------------------------
+
+def reference_swap_rows(x: ArrayLike, i: ArrayLike, j: ArrayLike) -> jax.Array:
+    """A copy of ``x`` (shape ``(n, ...)``) with rows ``i`` and ``j`` exchanged.
+
+    ``i`` and ``j`` may be negative (counted from the end) and may be equal. Both rows are
+    read from ``x``, which never changes, so the second update sees the original row.
+    """
+    x = jnp.asarray(x)
+    return x.at[i].set(x[j]).at[j].set(x[i])
+
 
 def reference_matmul_flops(n: int, k: int, m: int) -> int:
     """FLOPs of ``A @ B`` with A ``(n, k)`` and B ``(k, m)``: ``2 * n * k * m``.
@@ -306,4 +322,54 @@ def time_call(student_fn: Callable[..., Any]) -> Callable[..., Any]:
         hint="what must happen before the clock starts (the first call compiles), and what "
              "must the clock wait for before it stops (the call returns before its result "
              "exists)?",
+    )
+
+
+# --------------------------------------------------------------------------------------
+# swap_rows: .at[] updates of an immutable array
+# --------------------------------------------------------------------------------------
+
+_SWAP_SHAPES = ((5, 3), (1, 4), (6,), (4, 2, 3), (2, 2), (7, 1))
+
+
+def _swap_args(rng: np.random.Generator, trial: int) -> tuple[Any, int, int]:
+    shape = _SWAP_SHAPES[trial % len(_SWAP_SHAPES)]
+    n = shape[0]
+    if trial % 3 == 1:  # int32 rows, values near the top of the range
+        x = rng.integers(2**31 - 1000, 2**31 - 1, size=shape, dtype=np.int64).astype(np.int32)
+    else:  # float32 rows of very different sizes: an arithmetic swap loses the small ones
+        x = (rng.standard_normal(shape) * 10.0 ** rng.integers(-3, 30, size=shape)).astype(
+            np.float32)
+    i = int(rng.integers(0, n))
+    j = i if trial == 1 else int(rng.integers(0, n))  # a row with itself (n = 1 here)
+    if n > 1 and i == j and trial != 1:
+        j = (i + 1) % n
+    if trial % 2 == 0:  # negative indices count from the end, as in Python
+        i -= n
+    return jnp.asarray(x), i, j
+
+
+def _check_swap_rows(fn: Callable[..., Any]) -> str:
+    x = jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], jnp.float32)
+    got = fn(x, 0, 2)
+    got = np.asarray(got) if hasattr(got, "shape") else got
+    if isinstance(got, np.ndarray) and got.shape == x.shape and np.array_equal(
+            got, [[5.0, 6.0], [3.0, 4.0], [5.0, 6.0]]):
+        raise CheckFailed(
+            "swap_rows(x, 0, 2) gave both rows the value of row 2: the second update read row "
+            "0 from the already updated array. Read both rows from the original x, which "
+            "never changes."
+        )
+    checked = compare_with_reference(fn, reference_swap_rows, _swap_args, trials=6,
+                                     rtol=0.0, atol=0.0, rng=np.random.default_rng(_SEED))
+    return (f"{checked} with i and j traced; negative indices, a row with itself, int32 "
+            "values near the top of the range and float32 rows of very different sizes")
+
+
+def swap_rows(student_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Check ``swap_rows(x, i, j)``; print a verdict; return the function to use."""
+    return run_check(
+        "swap_rows", student_fn, reference_swap_rows, _check_swap_rows,
+        hint="a JAX array cannot change, so each .at[...] update makes a new one: from which "
+             "array must each of the two rows be read?",
     )
