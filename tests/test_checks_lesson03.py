@@ -75,7 +75,25 @@ def _pairwise_transposed(xs, ys):
     return jax.vmap(jax.vmap(check.distance, (0, None)), (None, 0))(xs, ys)
 
 
+def _pairwise_expanded_square(xs, ys):  # |a|^2 + |b|^2 - 2 a.b: cancellation far from 0
+    squared = (jnp.sum(xs**2, axis=1)[:, None] + jnp.sum(ys**2, axis=1)[None, :]
+               - 2 * xs @ ys.T)
+    return jnp.sqrt(jnp.maximum(squared, 0.0))
+
+
+def _pairwise_numpy(xs, ys):
+    return jnp.asarray(np.linalg.norm(np.asarray(xs)[:, None] - np.asarray(ys)[None], axis=-1))
+
+
+def _pairwise_fails_on_empty(xs, ys):  # reads a first row, which an empty batch lacks
+    scale = jnp.ones_like(xs[0, 0])
+    return scale * jax.vmap(jax.vmap(check.distance, (None, 0)), (0, None))(xs, ys)
+
+
 @pytest.mark.parametrize(("wrong", "says"), [
+    (_pairwise_expanded_square, "for inputs of shape (4, 3)x(6, 3)"),
+    (_pairwise_numpy, "TracerArrayConversionError"),
+    (_pairwise_fails_on_empty, "for inputs of shape (0, 2)x(3, 2)"),
     (_pairwise_list_comprehension, "9 rows of xs: it grows with the batch"),
     (_pairwise_loop_over_ys, "9 rows of ys: it grows with the batch"),
     (_pairwise_for_loop, "it grows with the batch"),
@@ -115,7 +133,29 @@ def _norm_python_float(tree):
     return float(np.sqrt(sum(np.sum(np.asarray(leaf) ** 2) for leaf in jax.tree.leaves(tree))))
 
 
+def _norm_concatenate(tree):  # fails on a tree without leaves
+    return jnp.linalg.norm(jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(tree)]))
+
+
+def _norm_reduce_without_initial(tree):
+    squares = jax.tree.map(lambda leaf: jnp.sum(leaf**2), tree)
+    return jnp.sqrt(jax.tree.reduce(lambda a, b: a + b, squares))
+
+
+def _norm_dict_values_only(tree):
+    values = tree.values() if isinstance(tree, dict) else jax.tree.leaves(tree)
+    return jnp.sqrt(sum(jnp.sum(jnp.asarray(v) ** 2) for v in values if v is not None))
+
+
+def _norm_without_gradient(tree):
+    return jax.lax.stop_gradient(check.reference_global_norm(tree))
+
+
 @pytest.mark.parametrize(("wrong", "says"), [
+    (_norm_concatenate, "for an empty dict (leaf shapes {}), your function raised"),
+    (_norm_reduce_without_initial, "for an empty dict (leaf shapes {}), your function raised"),
+    (_norm_dict_values_only, "for nested dicts (leaf shapes"),
+    (_norm_without_gradient, "the gradient of global_norm"),
     (_norm_first_leaf, "but the expected value is"),
     (_norm_sum_of_norms, "but the expected value is"),
     (_norm_no_sqrt, "but the expected value is"),
@@ -161,7 +201,25 @@ def _aux_wrong_mae(params, xs, ys):
     return jnp.mean(e**2), {"mae": jnp.sqrt(jnp.mean(e**2))}
 
 
+def _aux_abs_of_mean(params, xs, ys):
+    e = _errors(params, xs, ys)
+    return jnp.mean(e**2), {"mae": jnp.abs(jnp.mean(e))}
+
+
+def _aux_labels_as_column(params, xs, ys):  # (n,) - (n, 1) broadcasts to (n, n)
+    e = xs @ params["w"] + params["b"] - ys[:, None]
+    return jnp.mean(e**2), {"mae": jnp.mean(jnp.abs(e))}
+
+
+def _aux_bias_not_learned(params, xs, ys):
+    e = xs @ params["w"] + jax.lax.stop_gradient(params["b"]) - ys
+    return jnp.mean(e**2), {"mae": jnp.mean(jnp.abs(e))}
+
+
 @pytest.mark.parametrize(("wrong", "says"), [
+    (_aux_abs_of_mean, "aux['mae'] differs"),
+    (_aux_labels_as_column, "the loss differs"),
+    (_aux_bias_not_learned, "the gradient for 'b' differs"),
     (_aux_swapped, "the first element of the pair is a dict"),
     (_aux_missing, "returned an array of shape (); with has_aux=True it must return a pair"),
     (_aux_per_example_loss, "the loss has shape (8,)"),
@@ -203,7 +261,18 @@ def _grads_params_mapped(params, xs, ys):
     return jax.vmap(jax.grad(check.example_loss), in_axes=(0, 0, 0))(params, xs, ys)
 
 
+def _grads_labels_shared(params, xs, ys):
+    return jax.vmap(jax.grad(check.example_loss), in_axes=(None, 0, None))(params, xs, ys)
+
+
+def _grads_first_example_only(params, xs, ys):
+    g = jax.grad(check.example_loss)(params, xs[0], ys[0])
+    return jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (xs.shape[0], *leaf.shape)), g)
+
+
 @pytest.mark.parametrize(("wrong", "says"), [
+    (_grads_labels_shared, "your function raised"),
+    (_grads_first_example_only, "of example 1 differs"),
     (_grads_mean_broadcast, "of example 0 differs from jax.grad(example_loss)"),
     (_grads_of_summed_loss, "has shape (3,) but expected (5, 3)"),
     (_grads_python_loop, "it grows with the batch"),
@@ -212,6 +281,62 @@ def _grads_params_mapped(params, xs, ys):
 ])
 def test_per_example_grads_wrong_answers_fail(capsys, wrong, says):
     expect_failed(capsys, check.per_example_grads, "per_example_grads", wrong, says)
+
+
+# ---- hvp -----------------------------------------------------------------------------------
+
+def test_reference_hvp_matches_hessian_of_a_quadratic():
+    a = jnp.array([[2.0, 1.0], [1.0, 3.0]])
+    f = lambda x: x @ a @ x / 2
+    v = jnp.array([1.0, -2.0])
+    np.testing.assert_allclose(np.asarray(check.reference_hvp(f, jnp.ones(2), v)),
+                               np.asarray(a @ v), rtol=1e-6)
+
+
+def test_hvp_reverse_over_reverse_passes(capsys):
+    def reverse_over_reverse(f, x, v):  # the Hessian is symmetric: a vjp of grad works too
+        return jax.vjp(jax.grad(f), x)[1](v)[0]
+
+    line, _ = run_checker(capsys, check.hvp, reverse_over_reverse)
+    assert line.startswith("PASSED hvp:"), line
+
+
+def _hvp_grad_times_v(f, x, v):
+    return jax.grad(f)(x) * v
+
+
+def _hvp_directional_derivative(f, x, v):  # jvp of f, not of grad f: one number
+    return jax.jvp(f, (x,), (v,))[1]
+
+
+def _hvp_diagonal_only(f, x, v):
+    flat = x.reshape(-1)
+    h = jax.hessian(lambda u: f(u.reshape(x.shape)))(flat)
+    return (jnp.diag(h) * v.reshape(-1)).reshape(x.shape)
+
+
+def _hvp_matmul_hessian(f, x, v):  # right for a vector x only
+    return jax.hessian(f)(x) @ v
+
+
+def _hvp_ignores_v(f, x, v):
+    return jax.jvp(jax.grad(f), (x,), (jnp.ones_like(x),))[1]
+
+
+def _hvp_tangent_wrong_slot(f, x, v):  # jvp at v in the direction x
+    return jax.jvp(jax.grad(f), (v,), (x,))[1]
+
+
+@pytest.mark.parametrize(("wrong", "says"), [
+    (_hvp_grad_times_v, "differs from the Hessian of f at x times v"),
+    (_hvp_directional_derivative, "has shape ()"),
+    (_hvp_diagonal_only, "differs from the Hessian of f at x times v"),
+    (_hvp_matmul_hessian, "at x of shape (2, 3) and a random v, your function raised"),
+    (_hvp_ignores_v, "differs from the Hessian of f at x times v"),
+    (_hvp_tangent_wrong_slot, "differs from the Hessian of f at x times v"),
+])
+def test_hvp_wrong_answers_fail(capsys, wrong, says):
+    expect_failed(capsys, check.hvp, "hvp", wrong, says)
 
 
 # ---- numerical_grad ------------------------------------------------------------------------
@@ -250,7 +375,18 @@ def _fd_python_loop_forward(f, x, eps=1e-2):
     return jnp.stack(slopes).reshape(x.shape)
 
 
+def _fd_fixed_eps(f, x, eps=1e-2):  # ignores the step it is given
+    return check.reference_numerical_grad(f, x, 1e-2)
+
+
+def _fd_first_axis_only(f, x, eps=1e-2):  # assumes a 1-D x
+    basis = jnp.eye(x.shape[0], dtype=x.dtype)
+    return jax.vmap(lambda e: (f(x + eps * e) - f(x - eps * e)) / (2 * eps))(basis)
+
+
 @pytest.mark.parametrize(("wrong", "says"), [
+    (_fd_fixed_eps, "use the eps you are given"),
+    (_fd_first_axis_only, "raised"),
     (_fd_forward, "A one-sided (forward) difference has an error proportional to eps"),
     (_fd_python_loop_forward, "above the float32 tolerance"),
     (_fd_one_eps, "times the exact one"),

@@ -3,16 +3,24 @@
 Each checker takes the student's function, prints one ``PASSED`` / ``FAILED`` /
 ``NOT ATTEMPTED`` line (see :mod:`utils.exercises`) and returns the function to go on with.
 
-- :func:`pairwise_distances`: nested ``vmap``; values, under ``jit``, and no Python loop
-  over either batch (its jaxpr must not grow with the batch sizes).
-- :func:`global_norm`: ``jax.tree`` utilities; values on pytrees of several structures.
+- :func:`pairwise_distances`: nested ``vmap``; values (also for empty batches, one
+  feature, coinciding points and points far from the origin), under ``jit``, and no Python
+  loop over either batch (its jaxpr must not grow with the batch sizes).
+- :func:`global_norm`: ``jax.tree`` utilities; values on pytrees of several structures
+  (also empty leaves, ``None`` subtrees, an empty tree), and its gradient.
 - :func:`mse_with_aux`: the ``has_aux`` contract of ``jax.value_and_grad``: returns
   ``(scalar loss, aux dict)``; loss, aux and gradients checked.
 - :func:`per_example_grads`: ``vmap(grad(...))``; values against a Python loop of
   ``jax.grad``, the shape ``(batch, *param_shape)`` of every leaf, under ``jit``, and no
   Python loop over the batch.
+- :func:`hvp`: a Hessian-vector product, forward-over-reverse (``jvp`` of ``grad``); values
+  against the full Hessian on several functions, shapes and directions ``v``.
 - :func:`numerical_grad`: central finite differences in float32; values within a stated
-  tolerance, and ``f`` only evaluated, never differentiated by JAX.
+  tolerance, the step ``eps`` it is given really used, and ``f`` only evaluated, never
+  differentiated by JAX.
+
+Every checker draws its random inputs from a fixed seed, so its verdict is the same on
+every run.
 
 The notebook defines ``distance`` and ``example_loss`` with the same formulas as here.
 """
@@ -24,18 +32,26 @@ from typing import Any
 
 import numpy as np
 
-from utils.exercises import CheckFailed, compare_with_reference, expect_array, run_check
+from utils.exercises import (
+    CheckFailed,
+    compare_with_reference,
+    expect_array,
+    run_check,
+    summarize_error,
+)
 from utils.introspection import jaxpr_size
 
 __all__ = [
     "distance",
     "example_loss",
     "global_norm",
+    "hvp",
     "mse_with_aux",
     "numerical_grad",
     "pairwise_distances",
     "per_example_grads",
     "reference_global_norm",
+    "reference_hvp",
     "reference_mse_with_aux",
     "reference_numerical_grad",
     "reference_pairwise_distances",
@@ -101,6 +117,13 @@ def reference_per_example_grads(params: dict[str, Any], xs: Any, ys: Any) -> dic
     return jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(params, xs, ys)
 
 
+def reference_hvp(f: Callable[[Any], Any], x: Any, v: Any) -> Any:
+    """Hessian of a scalar ``f`` at ``x`` times ``v`` (same shape as ``x``): ``jvp`` of ``grad``."""
+    import jax
+
+    return jax.jvp(jax.grad(f), (x,), (v,))[1]
+
+
 def reference_numerical_grad(f: Callable[[Any], Any], x: Any, eps: float = 1e-2) -> Any:
     """Central-difference gradient of a scalar ``f`` at ``x`` (any shape); same shape as ``x``."""
     import jax
@@ -140,6 +163,17 @@ def _expect_no_batch_loop(
         )
 
 
+def _call(where: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``; an error it raises becomes a CheckFailed that says for which input."""
+    try:
+        return fn(*args)
+    except (NotImplementedError, CheckFailed):
+        raise
+    except Exception as error:
+        raise CheckFailed(f"{where.strip()}, your function raised "
+                          f"{' '.join(summarize_error(error).split()).rstrip('.')}.") from None
+
+
 def _kind(value: Any) -> str:
     """``"an array of shape (3,)"``, ``"a dict"``, ``"a float"``: what a value is, for messages."""
     if hasattr(value, "shape") and hasattr(value, "dtype"):
@@ -160,22 +194,36 @@ def _tree_shapes(tree: Any) -> str:
 
 
 def _check_pairwise(fn: Callable[..., Any]) -> str:
-    rng = np.random.default_rng()
-    sizes = [(1, 1, 2), (3, 5, 4), (7, 2, 8), (4, 9, 1)]
+    rng = np.random.default_rng(3001)
+    # (n, m, d, kind): empty batches, one feature, one point each, coinciding points (some
+    # rows of ys are rows of xs: distance exactly 0), points far from the origin (where
+    # |a|^2 + |b|^2 - 2 a.b loses every digit to cancellation).
+    sizes = [(1, 1, 2, "normal"), (3, 5, 4, "normal"), (7, 2, 8, "normal"), (4, 9, 1, "normal"),
+             (0, 3, 2, "normal"), (3, 0, 2, "normal"), (5, 4, 3, "coinciding"),
+             (4, 6, 3, "far")]
 
     def make_args(rng: np.random.Generator, trial: int) -> tuple[Any, ...]:
-        n, m, d = sizes[trial]
-        return _normal(rng, n, d), _normal(rng, m, d)
+        import jax.numpy as jnp
+
+        n, m, d, kind = sizes[trial]
+        xs, ys = _normal(rng, n, d), _normal(rng, m, d)
+        if kind == "coinciding":
+            ys = ys.at[:3].set(xs[jnp.array([1, 3, 1])])
+        if kind == "far":
+            ys = ys.at[:2].set(xs[:2])
+            xs, ys = xs + 1000.0, ys + 1000.0
+        return xs, ys
 
     xs, ys = make_args(rng, 1)  # n != m: one vmap over both arguments fails here
     expect_array(fn(xs, ys), (3, 5), np.float32, "pairwise_distances(xs (3, 4), ys (5, 4))")
-    what = compare_with_reference(fn, reference_pairwise_distances, make_args,
-                                  trials=len(sizes), rtol=1e-4, atol=1e-5, rng=rng)
     _expect_no_batch_loop("pairwise_distances", fn,
                           lambda n: (_normal(rng, n, 3), _normal(rng, 4, 3)), (3, 9), "rows of xs")
     _expect_no_batch_loop("pairwise_distances", fn,
                           lambda m: (_normal(rng, 4, 3), _normal(rng, m, 3)), (3, 9), "rows of ys")
-    return (f"pairwise_distances {what}; its jaxpr does not grow with the batch sizes "
+    what = compare_with_reference(fn, reference_pairwise_distances, make_args,
+                                  trials=len(sizes), rtol=1e-4, atol=1e-4, rng=rng)
+    return (f"pairwise_distances {what}, including empty batches, coinciding points and "
+            "points far from the origin; its jaxpr does not grow with the batch sizes "
             "(no Python loop)")
 
 
@@ -193,27 +241,33 @@ def pairwise_distances(student_fn: Callable[..., Any]) -> Callable[..., Any]:
 # ---------------------------------------------------------------------------------------
 
 
-def _random_trees(rng: np.random.Generator) -> list[Any]:
+def _random_trees(rng: np.random.Generator) -> list[tuple[str, Any]]:
+    import jax.numpy as jnp
+
     return [
-        _normal(rng, 5),
-        {"w": _normal(rng, 3, 4), "b": _normal(rng, 4)},
-        {"layer1": {"w": _normal(rng, 2, 3), "b": _normal(rng, 3)},
-         "layer2": {"w": _normal(rng, 3, 1), "b": _normal(rng, 1)}},
-        [_normal(rng, 2), (_normal(rng, 3, 3), _normal(rng))],
-        {"scale": _normal(rng), "shift": _normal(rng)},
+        ("an array", _normal(rng, 5)),
+        ("a dict", {"w": _normal(rng, 3, 4), "b": _normal(rng, 4)}),
+        ("nested dicts", {"layer1": {"w": _normal(rng, 2, 3), "b": _normal(rng, 3)},
+                          "layer2": {"w": _normal(rng, 3, 1), "b": _normal(rng, 1)}}),
+        ("a list with a tuple", [_normal(rng, 2), (_normal(rng, 3, 3), _normal(rng))]),
+        ("a dict of scalars", {"scale": _normal(rng), "shift": _normal(rng)}),
+        ("a dict with an empty leaf and a None", {"w": _normal(rng, 2, 2),
+                                                  "unused": jnp.zeros((0, 3), jnp.float32),
+                                                  "frozen": None, "b": _normal(rng, 2)}),
+        ("an empty dict", {}),
     ]
 
 
 def _check_global_norm(fn: Callable[..., Any]) -> str:
     import jax
 
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(3002)
     trees = _random_trees(rng)
-    for tree in trees:
+    for kind, tree in trees:
         expected = float(reference_global_norm(tree))
         for suffix, f in (("", fn), (" under jax.jit", jax.jit(fn))):
-            got = f(tree)
-            where = f"for a pytree of leaf shapes {_tree_shapes(tree)}{suffix}"
+            where = f"for {kind} (leaf shapes {_tree_shapes(tree)}){suffix}"
+            got = _call(where, f, tree)
             if not hasattr(got, "shape") or tuple(np.shape(got)) != ():
                 raise CheckFailed(
                     f"global_norm returned {_kind(got)} {where}; it should return one "
@@ -222,8 +276,20 @@ def _check_global_norm(fn: Callable[..., Any]) -> str:
             if not np.isclose(float(got), expected, rtol=1e-5, atol=1e-6):
                 raise CheckFailed(f"global_norm is {float(got):.6g} {where}, "
                                   f"but the expected value is {expected:.6g}.")
+    # Clipping differentiates through the norm: its gradient is tree / norm.
+    kind, tree = trees[2]
+    norm = reference_global_norm(tree)
+    got = _call(f"differentiating global_norm for {kind}", jax.grad(fn), tree)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(tree), strict=True):
+        if not np.allclose(np.asarray(a), np.asarray(b) / float(norm), rtol=1e-4, atol=1e-6):
+            raise CheckFailed(
+                f"the value is right, but the gradient of global_norm for {kind} is not "
+                "tree / global_norm(tree): keep every step a JAX operation on the leaves "
+                "(no NumPy, no stop_gradient, no rounding)."
+            )
     return (f"global_norm matches the reference on {len(trees)} random pytrees (an array, "
-            "dicts, nested dicts, a list with a tuple); also under jax.jit")
+            "dicts, nested dicts, a list with a tuple, an empty leaf, a None, an empty dict); "
+            "also under jax.jit; its gradient is tree / norm")
 
 
 def global_norm(student_fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -243,7 +309,7 @@ def global_norm(student_fn: Callable[..., Any]) -> Callable[..., Any]:
 def _check_mse_with_aux(fn: Callable[..., Any]) -> str:
     import jax
 
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(3003)
     params, xs, ys = _random_params(rng, 3), _normal(rng, 8, 3), _normal(rng, 8)
     out = fn(params, xs, ys)
     if not isinstance(out, tuple | list) or len(out) != 2:
@@ -270,7 +336,7 @@ def _check_mse_with_aux(fn: Callable[..., Any]) -> str:
             f"the second element is {_kind(aux)}; it should be a dict with the "
             "key 'mae' (the mean absolute error)."
         )
-    trials = [(8, 3), (1, 1), (33, 5)]
+    trials = [(8, 3), (1, 1), (33, 5), (2, 4)]
     reference_vg = jax.jit(jax.value_and_grad(reference_mse_with_aux, has_aux=True))
     for suffix, wrap in (("", lambda f: f), (" under jax.jit", jax.jit)):
         student_vg = wrap(jax.value_and_grad(fn, has_aux=True))
@@ -310,8 +376,8 @@ def mse_with_aux(student_fn: Callable[..., Any]) -> Callable[..., Any]:
 def _check_per_example_grads(fn: Callable[..., Any]) -> str:
     import jax
 
-    rng = np.random.default_rng()
-    trials = [(5, 3), (1, 1), (16, 4)]
+    rng = np.random.default_rng(3004)
+    trials = [(5, 3), (1, 1), (16, 4), (4, 7)]
     grad_one = jax.jit(jax.grad(example_loss))
     for suffix, f in (("", fn), (" under jax.jit", jax.jit(fn))):
         for n, d in trials:
@@ -357,7 +423,78 @@ def per_example_grads(student_fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 # ---------------------------------------------------------------------------------------
-# Exercise 5: central finite differences
+# Exercise 5: a Hessian-vector product, forward over reverse
+# ---------------------------------------------------------------------------------------
+
+
+def _hvp_cases(rng: np.random.Generator) -> list[tuple[str, Callable[[Any], Any], Any, Any]]:
+    import jax.numpy as jnp
+
+    a = _normal(rng, 4, 4)
+
+    def coupled(x: Any) -> Any:  # cross terms: the Hessian is not diagonal
+        return jnp.sum(jnp.tanh(a @ x) ** 2) + jnp.sum(x**4) / 4
+
+    def on_a_matrix(x: Any) -> Any:  # x of shape (2, 3): the Hessian has shape (2, 3, 2, 3)
+        return jnp.sum(jnp.sin(x) * x[::-1]) + jnp.prod(x[0])
+
+    return [
+        ("sum(tanh(A @ x) ** 2) + sum(x ** 4) / 4", coupled, _normal(rng, 4), _normal(rng, 4)),
+        ("sum(sin(x) * x[::-1]) + prod(x[0])", on_a_matrix, _normal(rng, 2, 3),
+         _normal(rng, 2, 3)),
+        ("sum(exp(x) * x)", lambda x: jnp.sum(jnp.exp(x) * x), _normal(rng, 1), _normal(rng, 1)),
+        ("x ** 3 + sin(x) for a scalar x", lambda x: x**3 + jnp.sin(x), _normal(rng),
+         _normal(rng) * 3.0),
+    ]
+
+
+def _hessian_times(f: Callable[[Any], Any], x: Any, v: Any) -> np.ndarray:
+    """The full Hessian (shape x.shape + x.shape) contracted with v: the slow, sure way."""
+    import jax
+
+    hessian = np.asarray(jax.hessian(f)(x), np.float64)
+    return np.tensordot(hessian, np.asarray(v, np.float64), axes=np.ndim(x))
+
+
+def _check_hvp(fn: Callable[..., Any]) -> str:
+    import jax
+
+    rng = np.random.default_rng(3006)
+    cases = _hvp_cases(rng)
+    for name, f, x, v in cases:
+        expected = _hessian_times(f, x, v)
+        for suffix, g in (("", fn), (" under jax.jit", jax.jit(fn, static_argnums=0))):
+            where = (f" for f(x) = {name} at x of shape {tuple(x.shape)} and a random "
+                     f"v{suffix}")
+            got = expect_array(_call(where, g, f, x, v), x.shape, np.float32,
+                               f"hvp(f, x, v){where}")
+            if not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
+                raise CheckFailed(
+                    f"hvp(f, x, v) differs from the Hessian of f at x times v{where}: got "
+                    f"{np.round(got, 4)}, expected {np.round(expected, 4)}. The Hessian times "
+                    "v is the derivative of grad(f) at x in the direction v."
+                )
+    name, f, x, v = cases[0]  # linear in v: twice the direction, twice the product
+    if not np.allclose(np.asarray(fn(f, x, 2 * v)), 2 * _hessian_times(f, x, v),
+                       rtol=1e-4, atol=1e-4):
+        raise CheckFailed(f"hvp(f, x, 2 * v) is not twice hvp(f, x, v) for f(x) = {name}: "
+                          "the product must be linear in v.")
+    return (f"hvp matches the full Hessian times v on {len(cases)} functions (x of shapes "
+            "(4,), (2, 3), (1,), ()), for random directions v; also under jax.jit")
+
+
+def hvp(student_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Check ``hvp(f, x, v) -> array like x``: the Hessian of ``f`` at ``x`` times ``v``."""
+    return run_check(
+        "hvp", student_fn, reference_hvp, _check_hvp,
+        hint="the Hessian times v is how grad(f) changes when x moves along v: a "
+             "forward-mode derivative (jax.jvp) of the function jax.grad(f), at x, "
+             "with tangent v.",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Exercise 6: central finite differences
 # ---------------------------------------------------------------------------------------
 
 #: The float32 tolerance of the finite-difference check (see the notebook for why).
@@ -393,27 +530,34 @@ def _test_functions(rng: np.random.Generator) -> list[tuple[str, Callable[[Any],
         v = x.reshape(-1)
         return v @ quad @ v / 2 + jnp.sum(jnp.sin(v))
 
-    return [  # x of shape (2, 3): the answer must keep the shape of x
+    return [  # x of shape (2, 3) and (): the answer must keep the shape of x
         ("sum(exp(x))", lambda x: jnp.sum(jnp.exp(x)), _normal(rng, 2, 3) * 0.5),
         ("v @ A @ v / 2 + sum(sin(v)), v = x.ravel()", quadratic, _normal(rng, 2, 3)),
         ("sum(x ** 3) / 3 + x[0, 0] * x[1, 1]",
          lambda x: jnp.sum(x**3) / 3 + x[0, 0] * x[1, 1], _normal(rng, 2, 3) + 1.5),
+        ("x * sin(x) for a scalar x", lambda x: x * jnp.sin(x), _normal(rng) + 1.0),
     ]
+
+
+def _call_numerical_grad(fn: Callable[..., Any], f: Callable[[Any], Any], x: Any,
+                         eps: float) -> Any:
+    try:
+        return fn(_evaluate_only(f), x, eps)
+    except _DifferentiatedF:
+        raise CheckFailed(
+            "numerical_grad asked JAX for the derivative of f (jax.grad, jax.jvp or "
+            "similar); finite differences must only evaluate f."
+        ) from None
 
 
 def _check_numerical_grad(fn: Callable[..., Any]) -> str:
     import jax
+    import jax.numpy as jnp
 
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(3005)
     functions = _test_functions(rng)
     for name, f, x in functions:
-        try:
-            got = fn(_evaluate_only(f), x, FD_EPS)
-        except _DifferentiatedF:
-            raise CheckFailed(
-                "numerical_grad asked JAX for the derivative of f (jax.grad, jax.jvp or "
-                "similar); finite differences must only evaluate f."
-            ) from None
+        got = _call_numerical_grad(fn, f, x, FD_EPS)
         where = f" for f(x) = {name} at x of shape {tuple(x.shape)} with eps={FD_EPS}"
         got = expect_array(got, x.shape, np.float32, f"the gradient{where}")
         exact = np.asarray(jax.jit(jax.grad(f))(x))
@@ -432,8 +576,25 @@ def _check_numerical_grad(fn: Callable[..., Any]) -> str:
             "(forward) difference has an error proportional to eps; a central one, to "
             "eps ** 2."
         )
+    # The step it is given must be the step it uses: for sum(x ** 3) / 3 the central
+    # difference is x ** 2 + eps ** 2 / 3, so steps of 0.3 and 0.15 give visibly different
+    # results, and the reference at the same step is the answer.
+    cube = lambda x: jnp.sum(x**3) / 3  # noqa: E731
+    x = _normal(rng, 4)
+    for eps in (0.3, 0.15):
+        got = _call_numerical_grad(fn, cube, x, eps)
+        got = expect_array(got, x.shape, np.float32,
+                           f"the gradient for f(x) = sum(x ** 3) / 3 with eps={eps}")
+        expected = np.asarray(reference_numerical_grad(cube, x, eps))
+        if not np.allclose(got, expected, rtol=1e-4, atol=1e-3):
+            raise CheckFailed(
+                f"for f(x) = sum(x ** 3) / 3 with eps={eps}, the central difference is "
+                f"x ** 2 + eps ** 2 / 3 = {np.round(expected, 4)}, but got {np.round(got, 4)}: "
+                "use the eps you are given, not a fixed step."
+            )
     return (f"numerical_grad agrees with jax.grad within the float32 tolerance on "
-            f"{len(functions)} functions (eps={FD_EPS}), and only evaluates f")
+            f"{len(functions)} functions (eps={FD_EPS}), uses the eps it is given, and only "
+            "evaluates f")
 
 
 def numerical_grad(student_fn: Callable[..., Any]) -> Callable[..., Any]:
