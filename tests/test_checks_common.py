@@ -15,15 +15,12 @@ from __future__ import annotations
 import pytest
 from checker_helpers import expect_failed, run_checker, stub
 
-from utils import robustness, training
+from utils import training
 from utils.checks import lesson00_setup as l00
 from utils.checks import lesson01_gpu_basics as l01
 from utils.checks import lesson02_jit as l02
 from utils.checks import lesson03_vmap_grad as l03
 from utils.checks import lesson04_mnist_mlp as l04
-from utils.checks import lesson06_multi_device as l06
-from utils.checks import lesson07_performance as l07
-from utils.checks import lesson09_robustness as l09
 
 CHECKERS = {
     "00 array_nbytes": (l00.array_nbytes, l00.reference_array_nbytes),
@@ -48,23 +45,6 @@ CHECKERS = {
     "04 accuracy": (l04.accuracy, training.accuracy),
     "04 shuffled_batch_indices": (l04.shuffled_batch_indices, training.shuffled_batch_indices),
     "04 train_step": (l04.train_step, training.train_batch),
-    "07 arithmetic_intensity": (l07.arithmetic_intensity, l07.reference_arithmetic_intensity),
-    "07 prefetch_to_device": (l07.prefetch_to_device, l07.pipeline.prefetch_to_device),
-    "07 remat_forward": (l07.remat_forward, l07.reference_remat_forward),
-    "07 accumulated_grads": (l07.accumulated_grads, l07.reference_accumulated_grads),
-    "07 train_epoch": (l07.train_epoch, l07.reference_train_epoch),
-    "09 fgsm": (l09.fgsm, robustness.fgsm),
-    "09 random_start": (l09.random_start, robustness.random_start),
-    "09 pgd_step": (l09.pgd_step, robustness.pgd_step),
-    "09 expected_calibration_error": (l09.expected_calibration_error,
-                                      robustness.expected_calibration_error),
-    "09 fit_temperature": (l09.fit_temperature, robustness.fit_temperature),
-    "09 auroc": (l09.auroc, robustness.auroc),
-    "06 ring_all_reduce": (l06.ring_all_reduce, l06.parallel.ring_all_reduce),
-    "06 data_parallel_step": (l06.data_parallel_step, l06.parallel.data_parallel_step),
-    "06 device_grads": (l06.device_grads, l06.parallel.device_grads),
-    "06 batch_sharding": (l06.batch_sharding, l06.parallel.batch_sharding),
-    "06 shard_bytes": (l06.shard_bytes, l06.parallel.shard_bytes),
 }
 
 
