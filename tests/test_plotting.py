@@ -321,6 +321,35 @@ def test_plot_confusion_matrix_normalized_rows():
     assert "fraction" in fig.axes[0].get_title()
 
 
+def test_plot_confusion_matrix_errors_only_scales_colours_to_the_errors():
+    m = np.array([[980, 2, 7], [1, 1100, 0], [12, 3, 1010]])  # a good classifier
+    fig = plotting.plot_confusion_matrix(m, errors_only=True)
+    ax = fig.axes[0]
+    coloured = ax.images[-1]
+    assert coloured.get_clim() == (0, 12)  # the largest error, not the largest count
+    data = coloured.get_array()
+    assert np.ma.is_masked(data) and data.mask.tolist() == np.eye(3, dtype=bool).tolist()
+    assert texts_of(ax) == ["980", "2", "7", "1", "1100", "0", "12", "3", "1010"]
+    # diagonal texts stay black (on grey); the largest error gets white text
+    assert mcolors.to_rgba(ax.texts[0].get_color()) == mcolors.to_rgba("black")
+    assert mcolors.to_rgba(ax.texts[6].get_color()) == mcolors.to_rgba("white")
+    assert len(fig.axes) == 2  # the colour bar
+    assert "errors only" in ax.get_title()
+
+
+def test_plot_confusion_matrix_errors_only_without_errors_or_one_class():
+    for m in (np.diag([5, 7]), np.array([[4]])):
+        fig = plotting.plot_confusion_matrix(m, errors_only=True)
+        assert fig.axes[0].images[-1].get_clim()[1] > 0  # a valid scale even with no errors
+
+
+def test_plot_confusion_matrix_default_scale_is_shared():
+    m = np.array([[980, 2], [12, 1010]])
+    fig = plotting.plot_confusion_matrix(m)
+    assert fig.axes[0].images[-1].get_clim() == (0, 1010)
+    assert len(fig.axes) == 1
+
+
 @pytest.mark.parametrize(
     ("matrix", "names", "message"),
     [(np.zeros((2, 3)), None, "square"), (np.zeros(4), None, "square"),

@@ -552,6 +552,7 @@ def plot_confusion_matrix(
     class_names: Sequence[str] | None = None,
     normalize: bool = False,
     title: str | None = None,
+    errors_only: bool = False,
 ) -> Figure:
     """A confusion matrix as a heat map with the count (or row fraction) in each cell (04).
 
@@ -561,9 +562,14 @@ def plot_confusion_matrix(
       class_names: ``K`` names for the ticks.
       normalize: divide each row by its total, so a cell shows the fraction of that true
         class predicted as each class (rows of zeros stay zero).
+      errors_only: colour the off-diagonal cells (the errors) only, on a scale from 0 to the
+        largest error, with a colour bar; the diagonal (the correct predictions) is drawn in
+        grey with its numbers. For a good classifier the diagonal is hundreds of times
+        larger than any error, so on one shared scale every error looks like 0.
 
     Returns:
-      The figure, with one Axes; cell texts are counts, or fractions with two decimals.
+      The figure, with one Axes (and a colour bar with ``errors_only``); cell texts are
+      counts, or fractions with two decimals. The coloured image is the Axes' last image.
     """
     m = np.asarray(matrix)
     if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] == 0:
@@ -582,22 +588,36 @@ def plot_confusion_matrix(
         texts = [[f"{int(v)}" if float(v).is_integer() else f"{v:g}" for v in row] for row in m]
     names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(k)]
     size = min(max(3.5, 0.5 * k + 1.5), 11.0)
+    diagonal = np.eye(k, dtype=bool)
+    coloured = np.ma.masked_array(shown, mask=diagonal) if errors_only else shown
+    top = float(coloured.max()) if not (errors_only and k == 1) else 0.0
+    top = max(top if np.isfinite(top) else 0.0, 1e-12)
     with style():
-        fig, ax = plt.subplots(figsize=(size, size), layout="constrained")
-        ax.imshow(shown, cmap="Blues", vmin=0, vmax=max(float(shown.max()), 1e-12))
+        fig, ax = plt.subplots(figsize=(size + (1.0 if errors_only else 0.0), size),
+                               layout="constrained")
+        if errors_only:  # the diagonal in light grey, outside the colour scale
+            ax.imshow(np.where(diagonal, 1.0, np.nan), cmap="Greys", vmin=0, vmax=5)
+        image = ax.imshow(coloured, cmap="Blues" if not errors_only else "Reds", vmin=0,
+                          vmax=top)
+        if errors_only:
+            fig.colorbar(image, ax=ax, shrink=0.8,
+                         label="errors" if not normalize else "fraction of the true class")
         ax.grid(False)
         if k <= 30:
-            threshold = shown.max() / 2
+            threshold = top / 2
             for i in range(k):
                 for j in range(k):
+                    dark = shown[i, j] > threshold and not (errors_only and i == j)
                     ax.text(j, i, texts[i][j], ha="center", va="center",
-                            fontsize=9 if k <= 12 else 7,
-                            color="white" if shown[i, j] > threshold else "black")
+                            fontsize=9 if k <= 12 else 7, color="white" if dark else "black")
         ax.set_xticks(range(k), names, rotation=45 if max(map(len, names)) > 3 else 0,
                       ha="right" if max(map(len, names)) > 3 else "center")
         ax.set_yticks(range(k), names)
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
-        ax.set_title(title or ("Confusion matrix (fraction of each true class)" if normalize
-                               else "Confusion matrix (counts)"))
+        default = ("Confusion matrix (fraction of each true class)" if normalize
+                   else "Confusion matrix (counts)")
+        if errors_only:
+            default += "; colour: errors only, diagonal (correct) in grey"
+        ax.set_title(title or default)
     return fig
