@@ -21,6 +21,7 @@ from utils.checks import lesson01_gpu_basics as l01
 from utils.checks import lesson02_jit as l02
 from utils.checks import lesson03_vmap_grad as l03
 from utils.checks import lesson04_mnist_mlp as l04
+from utils.checks import lesson07_performance as l07
 
 CHECKERS = {
     "00 array_nbytes": (l00.array_nbytes, l00.reference_array_nbytes),
@@ -45,6 +46,11 @@ CHECKERS = {
     "04 accuracy": (l04.accuracy, training.accuracy),
     "04 shuffled_batch_indices": (l04.shuffled_batch_indices, training.shuffled_batch_indices),
     "04 train_step": (l04.train_step, training.train_batch),
+    "07 arithmetic_intensity": (l07.arithmetic_intensity, l07.reference_arithmetic_intensity),
+    "07 prefetch_to_device": (l07.prefetch_to_device, l07.pipeline.prefetch_to_device),
+    "07 remat_forward": (l07.remat_forward, l07.reference_remat_forward),
+    "07 accumulated_grads": (l07.accumulated_grads, l07.reference_accumulated_grads),
+    "07 train_epoch": (l07.train_epoch, l07.reference_train_epoch),
 }
 
 
