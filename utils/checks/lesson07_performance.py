@@ -380,8 +380,7 @@ def _check_accumulated(fn: Fn) -> str:
     for i, (batch, micro) in enumerate(_ACCUM_CASES):
         params, images, labels = _accum_case(rng, batch, 5, 4, 3)
         expected = large_batch_grad(params, images, labels)
-        ways = (("", fn), (" under jax.jit", jitted)) if i == 0 else ((" under jax.jit", jitted),)
-        for how, f in ways:
+        for how, f in ((" under jax.jit", jitted),):
             where = f"for a batch of {batch} in {micro} micro-batches{how}"
             try:
                 got = f(_mlp_loss, params, images, labels, micro)
@@ -398,7 +397,7 @@ def _check_accumulated(fn: Fn) -> str:
                                   "the sum of the micro-batch gradients by their number.")
             _tree_close(got, expected, f"the gradient {where}", rtol=1e-4, atol=1e-5)
     return (f"equals the large-batch gradient on {len(_ACCUM_CASES)} random cases (batch 1 and "
-            "6, 1 micro-batch up to one example each), under jax.jit, and eagerly")
+            "6, 1 micro-batch up to one example each), under jax.jit")
 
 
 def accumulated_grads(student_fn: Fn, *, quiet: bool = False) -> Fn:
@@ -416,7 +415,7 @@ def accumulated_grads(student_fn: Fn, *, quiet: bool = False) -> Fn:
 # 4. remat_forward
 # --------------------------------------------------------------------------------------
 
-_REMAT_CASES = ((1, 5, 7, 4), (2, 6, 8, 1), (4, 4, 9, 6))  # (blocks, d, h, batch)
+_REMAT_CASES = ((1, 5, 7, 4), (3, 4, 9, 1))  # (blocks, d, h, batch)
 
 
 def _remat_case(rng: np.random.Generator, blocks: int, d: int, h: int, batch: int):
@@ -461,8 +460,8 @@ def _check_remat(fn: Fn) -> str:
             raise CheckFailed(f"the backward pass {where} recomputes nothing ({dots} matmuls, as "
                               "without remat): is a policy saving every activation? Use "
                               "jax.checkpoint(block) with its default policy.")
-    return (f"outputs and gradients equal the plain MLP for {len(_REMAT_CASES)} depths (1, 2, "
-            "4 blocks; batch 1 to 6), under jax.jit, and eagerly; one jax.checkpoint per block; "
+    return (f"outputs and gradients equal the plain MLP for {len(_REMAT_CASES)} depths (1 and "
+            "3 blocks; batch 1 and 4), under jax.jit, and eagerly; one jax.checkpoint per block; "
             "the backward pass recomputes the blocks' matmuls")
 
 
