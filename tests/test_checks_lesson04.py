@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from checker_helpers import expect_failed, run_checker
 from flax import nnx
 
@@ -53,6 +54,25 @@ class OneHiddenMLP(_MLPBase):
         return self.out(nnx.relu(self.hidden1(x)))
 
 
+class HardcodedFlattenMLP(_MLPBase):  # right for MNIST only
+    def __call__(self, x):
+        x = x.reshape(-1, 784)
+        return self.out(nnx.relu(self.hidden2(nnx.relu(self.hidden1(x)))))
+
+
+class SqueezedMLP(_MLPBase):  # a batch of one loses its batch axis
+    def __call__(self, x):
+        x = jnp.squeeze(x.reshape(x.shape[0], -1))
+        return self.out(nnx.relu(self.hidden2(nnx.relu(self.hidden1(x)))))
+
+
+class FrozenFirstLayerMLP(_MLPBase):  # right logits, no gradient for the first layer
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        h = jax.lax.stop_gradient(nnx.relu(self.hidden1(x)))
+        return self.out(nnx.relu(self.hidden2(h)))
+
+
 
 
 
@@ -80,6 +100,18 @@ def test_mlp_with_relu_on_logits_fails(capsys):
 
 def test_mlp_without_flatten_fails(capsys):
     expect_failed(capsys, check.mlp, "MLP.__call__", NoFlattenMLP, "raised")
+
+
+def test_mlp_hardcoded_784_fails(capsys):
+    expect_failed(capsys, check.mlp, "MLP.__call__", HardcodedFlattenMLP, "raised")
+
+
+def test_mlp_squeezing_a_batch_of_one_fails(capsys):
+    expect_failed(capsys, check.mlp, "MLP.__call__", SqueezedMLP, "(1, 2, 3)")
+
+
+def test_mlp_without_gradient_through_a_layer_fails(capsys):
+    expect_failed(capsys, check.mlp, "MLP.__call__", FrozenFirstLayerMLP, "the gradient of a loss")
 
 
 def test_mlp_skipping_a_layer_fails(capsys):
@@ -125,6 +157,23 @@ def test_loss_per_example_not_reduced_fails(capsys):
     expect_failed(capsys, check.cross_entropy_loss, "cross_entropy_loss", unreduced, "shape")
 
 
+def test_loss_for_ten_classes_only_fails(capsys):
+    def one_hot_ten(logits, labels):
+        return optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, 10)).mean()
+
+    expect_failed(capsys, check.cross_entropy_loss, "cross_entropy_loss", one_hot_ten)
+
+
+def test_loss_with_constant_normaliser_fails_on_the_gradient(capsys):
+    def detached(logits, labels):  # the right value, but logsumexp is cut out of the gradient
+        log_probs = logits - jax.lax.stop_gradient(jax.nn.logsumexp(logits, axis=-1,
+                                                                   keepdims=True))
+        return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
+
+    expect_failed(capsys, check.cross_entropy_loss, "cross_entropy_loss", detached,
+                  "its gradient with respect to the logits")
+
+
 # --- accuracy ------------------------------------------------------------------------------
 
 
@@ -147,6 +196,21 @@ def test_accuracy_argmin_fails(capsys):
         return jnp.mean(jnp.argmin(logits, axis=-1) == labels)
 
     expect_failed(capsys, check.accuracy, "accuracy", argmin, "differs")
+
+
+def test_accuracy_counting_ties_as_correct_fails(capsys):
+    def ties_correct(logits, labels):
+        true_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+        return jnp.mean(true_logit == logits.max(axis=-1), dtype=jnp.float32)
+
+    expect_failed(capsys, check.accuracy, "accuracy", ties_correct, "differs")
+
+
+def test_accuracy_with_argmax_over_all_fails(capsys):
+    def flat_argmax(logits, labels):
+        return jnp.mean(jnp.argmax(logits) % logits.shape[-1] == labels, dtype=jnp.float32)
+
+    expect_failed(capsys, check.accuracy, "accuracy", flat_argmax, "differs")
 
 
 # --- shuffled_batch_indices ----------------------------------------------------------------
@@ -193,6 +257,31 @@ def test_batches_ignoring_the_key_fail(capsys):
                    "different keys")
 
 
+def test_batches_shuffling_only_the_batch_order_fail(capsys):
+    def batch_order_only(key, n, bs):
+        blocks = jnp.arange(n // bs * bs).reshape(-1, bs)
+        return blocks[jax.random.permutation(key, n // bs)]
+
+    expect_failed(capsys, check.shuffled_batch_indices, "shuffled_batch_indices",
+                  batch_order_only, "consecutive examples")
+
+
+def test_batches_always_dropping_the_last_examples_fail(capsys):
+    def permute_full_batches_only(key, n, bs):
+        return jax.random.permutation(key, n // bs * bs).reshape(-1, bs)
+
+    expect_failed(capsys, check.shuffled_batch_indices, "shuffled_batch_indices",
+                  permute_full_batches_only, "were never used")
+
+
+def test_batches_sorted_within_each_batch_pass(capsys):
+    def sorted_rows(key, n, bs):  # still a fresh random draw per batch
+        return jnp.sort(training.shuffled_batch_indices(key, n, bs), axis=1)
+
+    line, _ = run_checker(capsys, check.shuffled_batch_indices, sorted_rows)
+    assert line.startswith("PASSED shuffled_batch_indices:"), line
+
+
 # --- train_step ----------------------------------------------------------------------------
 
 
@@ -231,3 +320,75 @@ def test_train_step_returning_only_loss_fails(capsys):
         return training.train_batch(model, optimizer, images, labels)[0]
 
     expect_failed(capsys, check.train_step, "train_step", only_loss, "expected a tuple")
+
+
+def test_train_step_with_gradient_of_the_summed_loss_fails(capsys):
+    def summed_gradient(model, optimizer, images, labels):  # Adam would hide the factor B
+        def loss_fn(model):
+            logits = model(images)
+            per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            return per_example.sum(), (per_example.mean(), logits)
+
+        (_, (loss, logits)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        optimizer.update(model, grads)
+        return loss, training.accuracy(logits, labels)
+
+    expect_failed(capsys, check.train_step, "train_step", summed_gradient, "9 times the expected")
+
+
+def test_train_step_with_donated_buffers_passes(capsys):
+    def step(model, optimizer, images, labels):
+        return training.train_batch(model, optimizer, images, labels)
+
+    line, _ = run_checker(capsys, check.train_step, step)
+    assert line.startswith("PASSED train_step:"), line
+
+
+# --- training_flops --------------------------------------------------------------------------
+
+
+def test_reference_training_flops_for_the_lesson_mlp():
+    weights = 784 * 512 + 512 * 512 + 512 * 10
+    assert check.reference_training_flops((784, 512, 512, 10)) == 6 * weights - 2 * 784 * 512
+    assert check.reference_training_flops([784, 10]) == 4 * 784 * 10
+
+
+def _flops_three_times_forward(sizes):
+    return 3 * sum(2 * a * b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+
+
+def _flops_forward_and_weights(sizes):
+    return 2 * sum(2 * a * b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+
+
+def _flops_int32(sizes):
+    s = jnp.asarray(sizes, jnp.int32)
+    layers = 2 * s[:-1] * s[1:]
+    return 2 * jnp.sum(layers) + jnp.sum(layers[1:])
+
+
+def _flops_float32(sizes):
+    s = jnp.asarray(sizes, jnp.float32)
+    layers = 2 * s[:-1] * s[1:]
+    return 2 * jnp.sum(layers) + jnp.sum(layers[1:])
+
+
+def _flops_for_three_layers_only(sizes):
+    d0, d1, d2, d3 = 784, 512, 512, 10
+    return 2 * 2 * (d0 * d1 + d1 * d2 + d2 * d3) + 2 * (d1 * d2 + d2 * d3)
+
+
+def _flops_with_biases(sizes):
+    return check.reference_training_flops(sizes) + sum(sizes[1:])
+
+
+@pytest.mark.parametrize(("wrong", "says"), [
+    (_flops_three_times_forward, "3 x forward"),
+    (_flops_forward_and_weights, "expected"),
+    (_flops_int32, "overflowed a 32-bit integer"),
+    (_flops_float32, "(40001, 60007, 30011)"),
+    (_flops_for_three_layers_only, "(784, 10)"),
+    (_flops_with_biases, "expected"),
+])
+def test_training_flops_wrong_answers_fail(capsys, wrong, says):
+    expect_failed(capsys, check.training_flops, "training_flops", wrong, says)
