@@ -22,6 +22,7 @@ from utils.checks import lesson02_jit as l02
 from utils.checks import lesson03_vmap_grad as l03
 from utils.checks import lesson04_mnist_mlp as l04
 from utils.checks import lesson07_performance as l07
+from utils.checks import lesson08_precision_reproducibility as l08
 
 CHECKERS = {
     "00 array_nbytes": (l00.array_nbytes, l00.reference_array_nbytes),
@@ -52,6 +53,11 @@ CHECKERS = {
     "07 remat_forward": (l07.remat_forward, l07.reference_remat_forward),
     "07 accumulated_grads": (l07.accumulated_grads, l07.reference_accumulated_grads),
     "07 train_epoch": (l07.train_epoch, l07.reference_train_epoch),
+    "08 round_to_bfloat16": (l08.round_to_bfloat16, l08.reference_round_to_bfloat16),
+    "08 relative_error": (l08.relative_error, l08.reference_relative_error),
+    "08 update_loss_scale": (l08.update_loss_scale, l08.reference_update_loss_scale),
+    "08 split_for_workers": (l08.split_for_workers, l08.reference_split_for_workers),
+    "08 first_difference": (l08.first_difference, l08.reference_first_difference),
 }
 
 

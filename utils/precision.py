@@ -1,0 +1,547 @@
+"""Float formats, mixed precision, loss scaling and reproducible runs (introduced in lesson 08).
+
+Lesson 08_precision_reproducibility builds the small pieces by hand once; they live here so
+tests and later lessons can import them:
+
+- :func:`float_formats`, :func:`format_table`, :func:`bit_fields`: the floating-point
+  formats the installed JAX has (float8 only where it exists), their range and precision
+  from ``jnp.finfo``, and how one number is stored.
+- :func:`round_to_bfloat16`: float32 -> the nearest bfloat16 value (round half to even), on
+  the bits. :func:`relative_error`: ``||approx - exact|| / ||exact||`` in float64.
+- :class:`MixedPrecisionMLP`: lesson 04's MLP with a compute ``dtype`` and a parameter
+  ``param_dtype`` (``utils.training.MLP`` is float32 only); its logits come out in float32.
+- :func:`pick_compute_dtype`: bfloat16, float16 or float32 for the device at hand.
+- Dynamic loss scaling for float16: :func:`update_loss_scale`, :func:`all_finite`,
+  :class:`LossScaled` (a model wrapper holding the scale) and
+  :func:`loss_scaled_batch_step` (a batch step for ``utils.training.fit``).
+- Reproducibility: :func:`split_for_workers` (one key per worker, none reused),
+  :func:`first_difference` (the first leaf where two parameter trees differ, bit for bit),
+  :func:`set_deterministic_ops` (``--xla_gpu_deterministic_ops`` in ``XLA_FLAGS``, before
+  JAX starts), :func:`determinism_probe` / :func:`run_determinism_probe` (repeat
+  operations that may be non-deterministic on a GPU, in a child process with or without
+  the flag) and :func:`reproducibility_report`.
+
+Importing this module imports JAX but does not start it, so ``set_deterministic_ops`` still
+works after the import (it must run before JAX's first array or device query).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+__all__ = [
+    "DETERMINISTIC_FLAG",
+    "LossScaleVariable",
+    "LossScaled",
+    "MixedPrecisionMLP",
+    "all_finite",
+    "bit_fields",
+    "determinism_probe",
+    "deterministic_ops_enabled",
+    "first_difference",
+    "float_formats",
+    "format_table",
+    "loss_scaled_batch_step",
+    "pick_compute_dtype",
+    "relative_error",
+    "reproducibility_report",
+    "round_to_bfloat16",
+    "run_determinism_probe",
+    "set_deterministic_ops",
+    "split_for_workers",
+    "update_loss_scale",
+]
+
+#: The XLA flag that asks for deterministic GPU kernels (CPU builds accept it and ignore it).
+DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
+
+_BASE_FORMATS = ("float32", "bfloat16", "float16")
+_FLOAT8_FORMATS = ("float8_e4m3fn", "float8_e5m2")  # OCP FP8 as on H100-class GPUs
+
+
+# --------------------------------------------------------------------------------------
+# Float formats
+# --------------------------------------------------------------------------------------
+
+
+def float_formats(include_float8: bool = True) -> list[np.dtype]:
+    """The float formats of the lesson that the installed JAX has, widest first.
+
+    float32, bfloat16, float16 and, with ``include_float8``, float8_e4m3fn and float8_e5m2
+    (skipped where this JAX does not define them: float8 names differ between versions).
+    """
+
+    names = _BASE_FORMATS + (_FLOAT8_FORMATS if include_float8 else ())
+    found = []
+    for name in names:
+        dtype = getattr(jnp, name, None)
+        if dtype is None:
+            continue
+        try:
+            jnp.finfo(dtype)
+        except (TypeError, ValueError):  # pragma: no cover - a name without finfo support
+            continue
+        found.append(np.dtype(dtype))
+    return found
+
+
+def format_table(dtypes: Sequence[Any] | None = None) -> str:
+    """A text table of float formats from ``jnp.finfo``: bits, exponent and mantissa bits,
+    largest value, smallest normal and subnormal, machine epsilon and decimal digits.
+
+    ``dtypes`` defaults to :func:`float_formats`. Raises ``ValueError`` for a non-float dtype.
+    """
+
+    dtypes = float_formats() if dtypes is None else list(dtypes)
+    rows = [("format", "bits", "exponent", "mantissa", "largest", "smallest normal",
+             "smallest subnormal", "epsilon", "digits")]
+    for dtype in dtypes:
+        try:
+            info = jnp.finfo(dtype)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"format_table: {dtype!r} is not a floating point dtype "
+                             "(expected e.g. jnp.float32 or jnp.bfloat16).") from error
+        rows.append((np.dtype(dtype).name, str(info.bits), str(info.nexp), str(info.nmant),
+                     f"{float(info.max):.4g}", f"{float(info.tiny):.4g}",
+                     f"{float(info.smallest_subnormal):.4g}", f"{float(info.eps):.4g}",
+                     str(info.precision)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def bit_fields(value: float, dtype: Any) -> str:
+    """How ``value`` is stored in ``dtype``: ``"sign exponent mantissa"`` bits.
+
+    e.g. ``bit_fields(1.0, jnp.bfloat16) == "0 01111111 0000000"``. The value is first
+    rounded to ``dtype`` (to nearest, as ``astype`` does).
+    """
+
+    info = jnp.finfo(dtype)
+    uint = {8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}[info.bits]
+    bits = int(np.asarray(value, np.float64).astype(np.dtype(dtype)).reshape(1).view(uint)[0])
+    text = format(bits, f"0{info.bits}b")
+    return f"{text[0]} {text[1:1 + info.nexp]} {text[1 + info.nexp:]}"
+
+
+def round_to_bfloat16(x: Any) -> Any:
+    """Round float32 values to the nearest bfloat16 value, ties to even; float32 out.
+
+    x: float32 array, any shape. Returns float32 of the same shape whose low 16 bits are
+    zero (a bfloat16 value), NaN stays NaN, +-inf stay, float32 values beyond bfloat16's
+    largest round to +-inf. Bit manipulation only: add ``0x7FFF`` plus the lowest kept bit,
+    then clear the low 16 bits. Equal to ``x.astype(jnp.bfloat16).astype(jnp.float32)``.
+    """
+
+    x = jnp.asarray(x, jnp.float32)
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    lowest_kept = (bits >> 16) & jnp.uint32(1)
+    rounded = (bits + jnp.uint32(0x7FFF) + lowest_kept) & jnp.uint32(0xFFFF0000)
+    return jnp.where(jnp.isnan(x), jnp.nan, jax.lax.bitcast_convert_type(rounded, jnp.float32))
+
+
+def relative_error(approx: Any, exact: Any) -> float:
+    """``||approx - exact|| / ||exact||`` (Frobenius norm over all entries), in float64.
+
+    approx, exact: arrays of the same shape, any float dtypes (JAX or NumPy; bfloat16 too).
+    Both are converted to float64 NumPy arrays first, so neither the difference nor the
+    squares round or overflow in a narrow format. Returns a Python float.
+    Raises ``ValueError`` when the shapes differ or ``exact`` is all zeros.
+    """
+    a = np.asarray(approx).astype(np.float64)
+    e = np.asarray(exact).astype(np.float64)
+    if a.shape != e.shape:
+        raise ValueError(f"relative_error: approx has shape {a.shape} but exact has {e.shape}; "
+                         "compare arrays of the same shape.")
+    scale = np.linalg.norm(e.ravel())
+    if scale == 0:
+        raise ValueError("relative_error: exact is all zeros, so a relative error is undefined.")
+    return float(np.linalg.norm((a - e).ravel()) / scale)
+
+
+# --------------------------------------------------------------------------------------
+# Mixed precision
+# --------------------------------------------------------------------------------------
+
+
+class MixedPrecisionMLP(nnx.Module):
+    """Lesson 04's MLP ``784 -> hidden -> hidden -> 10`` with chosen dtypes (lesson 08).
+
+    ``param_dtype``: the dtype the parameters are stored (and updated) in.
+    ``dtype``: the dtype the layers compute in (inputs and parameters are cast to it).
+    The logits are cast to float32 at the end, so the loss and its softmax run in float32.
+    Input ``(N, 28, 28)`` or ``(N, 784)``; output float32 ``(N, dout)``. With both dtypes
+    float32 it computes what ``utils.training.MLP`` computes, from the same initial
+    parameters for the same ``rngs``.
+    """
+
+    def __init__(self, din: int = 784, dhidden: int = 512, dout: int = 10, *,
+                 dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        for name, value in (("dtype", dtype), ("param_dtype", param_dtype)):
+            if not jnp.issubdtype(value, jnp.floating):
+                raise ValueError(f"MixedPrecisionMLP: {name} must be a float dtype such as "
+                                 f"jnp.float32 or jnp.bfloat16, got {value!r}.")
+        self.dtype = np.dtype(dtype)
+        self.param_dtype = np.dtype(param_dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
+        self.hidden1 = nnx.Linear(din, dhidden, **kw)
+        self.hidden2 = nnx.Linear(dhidden, dhidden, **kw)
+        self.out = nnx.Linear(dhidden, dout, **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0], -1)
+        x = nnx.relu(self.hidden1(x))
+        x = nnx.relu(self.hidden2(x))
+        return self.out(x).astype(jnp.float32)
+
+
+def pick_compute_dtype(device: Any = None) -> Any:
+    """The compute dtype for mixed precision on ``device`` (default: JAX's first device).
+
+    - TPU, or an NVIDIA GPU of compute capability 8.0 or newer (A100, L4, H100, ...):
+      ``bfloat16`` (tensor cores for it; float32's range, so no loss scaling);
+    - an older NVIDIA GPU (T4, V100: float16 tensor cores only): ``float16``, with loss
+      scaling;
+    - anything else (a CPU): ``float32``, where narrow formats are rarely faster.
+    """
+
+    device = jax.devices()[0] if device is None else device
+    if device.platform == "tpu":
+        return jnp.bfloat16
+    if device.platform == "gpu":
+        capability = getattr(device, "compute_capability", None)
+        try:
+            major = int(str(capability).split(".")[0])
+        except ValueError:
+            major = None
+        if major is None:  # not CUDA (e.g. ROCm): bfloat16 is the safe mixed format
+            return jnp.bfloat16
+        return jnp.bfloat16 if major >= 8 else jnp.float16
+    return jnp.float32
+
+
+# --------------------------------------------------------------------------------------
+# Dynamic loss scaling
+# --------------------------------------------------------------------------------------
+
+
+def update_loss_scale(scale: Any, good_steps: Any, finite: Any, period: int,
+                      factor: float = 2.0, min_scale: float = 1.0) -> tuple[Any, Any]:
+    """One update of a dynamic loss scale. Returns ``(new_scale, new_good_steps)``.
+
+    scale: float32 scalar; good_steps: int32 scalar (finite steps since the last change);
+    finite: bool scalar, whether this step's gradients were all finite; period: grow after
+    this many finite steps in a row.
+
+    - finite step: ``good_steps + 1``; when that reaches ``period`` the scale is multiplied
+      by ``factor`` and the count restarts at 0;
+    - non-finite step (the step is skipped): the scale is divided by ``factor`` (never below
+      ``min_scale``) and the count restarts at 0.
+
+    Works under ``jax.jit`` (``jnp.where``, no Python ``if`` on the traced values).
+    """
+
+    scale = jnp.asarray(scale, jnp.float32)
+    good_steps = jnp.asarray(good_steps, jnp.int32)
+    grow = good_steps + 1 >= period
+    new_scale = jnp.where(finite, jnp.where(grow, scale * factor, scale),
+                          jnp.maximum(scale / factor, jnp.float32(min_scale)))
+    new_steps = jnp.where(jnp.logical_and(finite, jnp.logical_not(grow)), good_steps + 1, 0)
+    return new_scale.astype(jnp.float32), new_steps.astype(jnp.int32)
+
+
+def all_finite(tree: Any) -> Any:
+    """A bool scalar: every entry of every leaf of ``tree`` is finite (no inf, no NaN)."""
+
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return jnp.asarray(True)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+class LossScaleVariable(nnx.Variable):
+    """State of a dynamic loss scale: not an ``nnx.Param``, so neither gradients nor the
+    optimizer touch it."""
+
+
+class LossScaled(nnx.Module):
+    """A model together with its dynamic loss scale, for float16 training (lesson 08).
+
+    Calls are passed to ``model``. ``scale`` (float32), ``good_steps`` and ``skipped`` (int32:
+    steps skipped so far for non-finite gradients) are :class:`LossScaleVariable` s, so
+    ``training.fit``, ``nnx.jit`` and the optimizer carry them along without treating them as
+    parameters. ``period``: finite steps in a row before the scale doubles.
+    """
+
+    def __init__(self, model: nnx.Module, *, init_scale: float = 2.0**15, period: int = 2000):
+        if not (isinstance(period, int) and not isinstance(period, bool) and period >= 1):
+            raise ValueError(f"LossScaled: period must be a positive int, got {period!r}.")
+        if not (np.isfinite(init_scale) and init_scale >= 1):
+            raise ValueError("LossScaled: init_scale must be a finite number >= 1 "
+                             f"(e.g. 2.0**15), got {init_scale!r}.")
+        self.model = model
+        self.period = period
+        self.scale = LossScaleVariable(jnp.asarray(init_scale, jnp.float32))
+        self.good_steps = LossScaleVariable(jnp.zeros((), jnp.int32))
+        self.skipped = LossScaleVariable(jnp.zeros((), jnp.int32))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+
+def loss_scaled_batch_step(
+    update: Callable[..., tuple[Any, Any]] | None = None,
+    loss_fn: Callable[[Any, Any], Any] | None = None,
+) -> Callable[..., tuple[Any, Any]]:
+    """A batch step for ``utils.training.fit`` that trains a :class:`LossScaled` model.
+
+    ``batch_step(model, optimizer, images, labels) -> (loss, accuracy)``: the loss (in
+    float32) is multiplied by ``model.scale`` before differentiating, the gradients are
+    divided by it; if any gradient is not finite the update is skipped (parameters and
+    optimizer state stay as they were) and ``model.skipped`` counts it. Then
+    ``update(scale, good_steps, finite, period)`` (default :func:`update_loss_scale`) sets
+    the new scale. The returned loss is the unscaled one.
+    """
+
+    from utils import training
+
+    update = update_loss_scale if update is None else update
+    loss_fn = training.cross_entropy_loss if loss_fn is None else loss_fn
+
+    def batch_step(model: Any, optimizer: Any, images: Any, labels: Any) -> tuple[Any, Any]:
+        scale = model.scale[...]
+
+        def scaled_loss(model: Any) -> tuple[Any, tuple[Any, Any]]:
+            logits = model(images).astype(jnp.float32)
+            loss = loss_fn(logits, labels)
+            return loss * scale, (loss, logits)
+
+        (_, (loss, logits)), grads = nnx.value_and_grad(scaled_loss, has_aux=True)(model)
+        grads = jax.tree.map(lambda g: (g.astype(jnp.float32) / scale).astype(g.dtype), grads)
+        finite = all_finite(grads)
+        before = jax.tree.map(jnp.asarray, nnx.state((model, optimizer)))  # a snapshot
+        optimizer.update(model, grads)
+        after = nnx.state((model, optimizer))
+        nnx.update((model, optimizer),
+                   jax.tree.map(lambda new, old: jnp.where(finite, new, old), after, before))
+        new_scale, new_steps = update(scale, model.good_steps[...], finite, model.period)
+        model.scale[...] = jnp.asarray(new_scale, jnp.float32)
+        model.good_steps[...] = jnp.asarray(new_steps, jnp.int32)
+        model.skipped[...] = model.skipped[...] + jnp.logical_not(finite).astype(jnp.int32)
+        return loss, training.accuracy(logits, labels)
+
+    return batch_step
+
+
+# --------------------------------------------------------------------------------------
+# Reproducibility
+# --------------------------------------------------------------------------------------
+
+
+def split_for_workers(key: Any, num_workers: int) -> tuple[Any, Any]:
+    """``(next_key, worker_keys)``: one fresh key for each of ``num_workers`` workers.
+
+    key: a typed key (``jax.random.key``). ``worker_keys`` has shape ``(num_workers,)``;
+    ``next_key`` is the key to keep for the next round. All ``num_workers + 1`` keys differ
+    from each other and from ``key`` (which must not be used again), and the same ``key``
+    always gives the same keys.
+    """
+
+    keys = jax.random.split(key, num_workers + 1)
+    return keys[0], keys[1:]
+
+
+def _path_name(path: Any) -> str:
+
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
+
+
+def first_difference(tree_a: Any, tree_b: Any) -> tuple[str, float] | None:
+    """Compare two pytrees bit for bit; ``None`` when identical, else the first difference.
+
+    Returns ``(path, max_abs_diff)`` for the first leaf (in ``jax.tree_util`` order) whose
+    shape, dtype or bits differ: ``path`` is
+    ``jax.tree_util.keystr(path, simple=True, separator="/")`` (e.g. ``"hidden1/kernel/value"``)
+    and ``max_abs_diff`` the largest ``|a - b|`` over that leaf, in float64 (NaN when the
+    shapes differ or a NaN is involved). Bit for bit means ``0.0`` and ``-0.0`` differ and a
+    NaN equals the same NaN. Raises ``ValueError`` when the two trees' structures differ.
+    """
+
+    leaves_a, struct_a = jax.tree_util.tree_flatten_with_path(tree_a)
+    leaves_b, struct_b = jax.tree_util.tree_flatten_with_path(tree_b)
+    if struct_a != struct_b:
+        raise ValueError("first_difference: the two trees have different structures "
+                         f"({len(leaves_a)} and {len(leaves_b)} leaves); compare trees of the "
+                         "same model, e.g. nnx.state(model_a, nnx.Param) and "
+                         "nnx.state(model_b, nnx.Param).")
+    for (path, a), (_, b) in zip(leaves_a, leaves_b, strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes():
+            continue
+        if a.shape != b.shape:
+            return _path_name(path), float("nan")
+        diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+        return _path_name(path), float(np.max(diff)) if diff.size else 0.0
+    return None
+
+
+def deterministic_ops_enabled() -> bool:
+    """Whether ``XLA_FLAGS`` asks for deterministic GPU kernels (:data:`DETERMINISTIC_FLAG`)."""
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    return any(f in (DETERMINISTIC_FLAG, "--xla_gpu_deterministic_ops") for f in flags)
+
+
+def _flags_with(flags: str, enabled: bool) -> str:
+    kept = [f for f in flags.split() if not f.startswith("--xla_gpu_deterministic_ops")]
+    return " ".join(kept + ([DETERMINISTIC_FLAG] if enabled else []))
+
+
+def set_deterministic_ops(enabled: bool = True) -> str:
+    """Add (or remove) ``--xla_gpu_deterministic_ops=true`` in ``XLA_FLAGS``; returns it.
+
+    XLA reads its flags once, when JAX starts its backend: call this before any cell that
+    uses JAX (next to ``environment.configure_gpu_memory``). Asking for a change after JAX
+    started raises ``environment.RestartKernelError``; asking for what is already set is
+    harmless. On a CPU the flag is accepted and changes nothing. On a GPU it makes XLA pick
+    deterministic kernels (scatter-adds get slower) and makes the operations that have no
+    deterministic kernel, such as max-pool gradients (``select_and_scatter``), fail.
+    """
+    from utils import environment
+
+    if not isinstance(enabled, bool):
+        raise ValueError(f"set_deterministic_ops: enabled must be True or False, got {enabled!r}.")
+    if deterministic_ops_enabled() == enabled:
+        return os.environ.get("XLA_FLAGS", "")
+    if environment.jax_started():
+        raise environment.RestartKernelError(
+            "--xla_gpu_deterministic_ops must be set before JAX starts, but JAX has already "
+            "started in this kernel. Restart the kernel (Kernel > Restart Kernel, or Runtime > "
+            "Restart session on Colab) and run this cell before any cell that uses JAX.")
+    flags = _flags_with(os.environ.get("XLA_FLAGS", ""), enabled)
+    if flags:
+        os.environ["XLA_FLAGS"] = flags
+    else:
+        os.environ.pop("XLA_FLAGS", None)
+    return flags
+
+
+def determinism_probe(size: int = 1 << 20, bins: int = 1000, repeats: int = 5) -> dict[str, Any]:
+    """Run operations that may be non-deterministic on a GPU ``repeats`` times; compare.
+
+    - ``scatter_add``: ``size`` float32 values added into ``bins`` bins at random indices
+      (``x.at[idx].add(v)``; on a GPU, atomic adds in whatever order threads finish);
+    - ``sum``: ``jnp.sum`` of the same ``size`` values;
+    - ``maxpool_grad``: the gradient of a 2x2 max pool (``select_and_scatter`` on a GPU);
+      some settings refuse it, which is reported as an error instead of results.
+
+    Returns a JSON-able dict: ``backend``, ``deterministic_flag`` and, per operation, either
+    ``{"identical": bool, "distinct_results": int, "max_abs_diff": float, "median_s":
+    float}`` (``median_s`` from ``timing.benchmark``) or ``{"error": "Type: message"}``.
+    """
+    from utils import timing
+    from utils.exercises import summarize_error
+
+    key = jax.random.key(0)
+    k_idx, k_val, k_img = jax.random.split(key, 3)
+    idx = jax.random.randint(k_idx, (size,), 0, bins)
+    values = jax.random.normal(k_val, (size,), jnp.float32)
+    side = max(8, int(np.sqrt(size / 16)) // 2 * 2)
+    images = jax.random.normal(k_img, (16, side, side, 1), jnp.float32)
+
+    def maxpool_loss(x: Any) -> Any:
+        pooled = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
+                                       "VALID")
+        return jnp.sum(pooled * pooled)
+
+    ops = {
+        "scatter_add": (jax.jit(lambda i, v: jnp.zeros(bins, jnp.float32).at[i].add(v)),
+                        (idx, values)),
+        "sum": (jax.jit(jnp.sum), (values,)),
+        "maxpool_grad": (jax.jit(jax.grad(maxpool_loss)), (images,)),
+    }
+    results: dict[str, Any] = {"backend": jax.default_backend(),
+                               "deterministic_flag": deterministic_ops_enabled()}
+    for name, (fn, args) in ops.items():
+        try:
+            outs = [np.asarray(jax.block_until_ready(fn(*args))) for _ in range(repeats)]
+            median_s = timing.benchmark(fn, *args, repeats=5, name=name).median_s
+        except Exception as error:  # e.g. no deterministic kernel under the flag
+            results[name] = {"error": summarize_error(error)}
+            continue
+        distinct = len({o.tobytes() for o in outs})
+        diff = max(float(np.max(np.abs(o.astype(np.float64) - outs[0]))) for o in outs)
+        results[name] = {"identical": distinct == 1, "distinct_results": distinct,
+                         "max_abs_diff": diff, "median_s": median_s}
+    return results
+
+
+def run_determinism_probe(deterministic: bool, *, size: int = 1 << 20, repeats: int = 5,
+                          timeout: float = 300) -> dict[str, Any]:
+    """:func:`determinism_probe` in a fresh Python process, with or without the flag.
+
+    XLA's flags are fixed once JAX has started, so a notebook compares both settings by
+    starting a child process for each (``python -m utils.precision``), the same
+    ``XLA_FLAGS`` plus or minus :data:`DETERMINISTIC_FLAG`. Raises ``RuntimeError`` with the
+    child's last error lines if it fails or writes anything to stderr.
+    """
+    env = dict(os.environ)
+    flags = _flags_with(env.get("XLA_FLAGS", ""), deterministic)
+    if flags:
+        env["XLA_FLAGS"] = flags
+    else:
+        env.pop("XLA_FLAGS", None)
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # share the GPU with the notebook
+    cmd = [sys.executable, "-m", "utils.precision", "--size", str(size),
+           "--repeats", str(repeats)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0 or done.stderr.strip():
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise RuntimeError(f"the determinism probe (deterministic={deterministic}) failed with "
+                           f"exit code {done.returncode}:\n{tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def reproducibility_report() -> str:
+    """What a reproducible result should be published with: versions, devices, the XLA
+    flags and the JAX settings that change numbers. Starts JAX."""
+
+    from utils import environment
+
+    lines = [environment.report()]
+    settings = {
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") or "(none)",
+        "deterministic GPU ops": "yes" if deterministic_ops_enabled() else "no",
+        "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+        "jax_enable_x64": str(jax.config.jax_enable_x64),
+        "jax_default_prng_impl": str(jax.config.jax_default_prng_impl),
+    }
+    width = max(len(k) for k in settings)
+    lines += [f"{k:<{width}}  {v}" for k, v in settings.items()]
+    return "\n".join(lines)
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run the determinism probe; print JSON.")
+    parser.add_argument("--size", type=int, default=1 << 20)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    print(json.dumps(determinism_probe(size=args.size, repeats=args.repeats)))
+
+
+if __name__ == "__main__":
+    _main()
