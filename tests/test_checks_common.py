@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 from checker_helpers import expect_failed, run_checker, stub
 
-from utils import training
+from utils import robustness, training
 from utils.checks import lesson00_setup as l00
 from utils.checks import lesson01_gpu_basics as l01
 from utils.checks import lesson02_jit as l02
@@ -23,6 +23,7 @@ from utils.checks import lesson03_vmap_grad as l03
 from utils.checks import lesson04_mnist_mlp as l04
 from utils.checks import lesson07_performance as l07
 from utils.checks import lesson08_precision_reproducibility as l08
+from utils.checks import lesson09_robustness as l09
 
 CHECKERS = {
     "00 array_nbytes": (l00.array_nbytes, l00.reference_array_nbytes),
@@ -53,6 +54,13 @@ CHECKERS = {
     "07 remat_forward": (l07.remat_forward, l07.reference_remat_forward),
     "07 accumulated_grads": (l07.accumulated_grads, l07.reference_accumulated_grads),
     "07 train_epoch": (l07.train_epoch, l07.reference_train_epoch),
+    "09 fgsm": (l09.fgsm, robustness.fgsm),
+    "09 random_start": (l09.random_start, robustness.random_start),
+    "09 pgd_step": (l09.pgd_step, robustness.pgd_step),
+    "09 expected_calibration_error": (l09.expected_calibration_error,
+                                      robustness.expected_calibration_error),
+    "09 fit_temperature": (l09.fit_temperature, robustness.fit_temperature),
+    "09 auroc": (l09.auroc, robustness.auroc),
     "08 round_to_bfloat16": (l08.round_to_bfloat16, l08.reference_round_to_bfloat16),
     "08 relative_error": (l08.relative_error, l08.reference_relative_error),
     "08 update_loss_scale": (l08.update_loss_scale, l08.reference_update_loss_scale),
