@@ -21,6 +21,7 @@ from utils.checks import lesson01_gpu_basics as l01
 from utils.checks import lesson02_jit as l02
 from utils.checks import lesson03_vmap_grad as l03
 from utils.checks import lesson04_mnist_mlp as l04
+from utils.checks import lesson06_multi_device as l06
 from utils.checks import lesson07_performance as l07
 from utils.checks import lesson08_precision_reproducibility as l08
 from utils.checks import lesson09_robustness as l09
@@ -66,6 +67,11 @@ CHECKERS = {
     "08 update_loss_scale": (l08.update_loss_scale, l08.reference_update_loss_scale),
     "08 split_for_workers": (l08.split_for_workers, l08.reference_split_for_workers),
     "08 first_difference": (l08.first_difference, l08.reference_first_difference),
+    "06 ring_all_reduce": (l06.ring_all_reduce, l06.parallel.ring_all_reduce),
+    "06 data_parallel_step": (l06.data_parallel_step, l06.parallel.data_parallel_step),
+    "06 device_grads": (l06.device_grads, l06.parallel.device_grads),
+    "06 batch_sharding": (l06.batch_sharding, l06.parallel.batch_sharding),
+    "06 shard_bytes": (l06.shard_bytes, l06.parallel.shard_bytes),
 }
 
 
