@@ -214,14 +214,17 @@ SEVERITIES: dict[str, tuple[float, ...]] = {
 }
 
 
-def _gaussian_noise(images: jax.Array, sigma: float, key: jax.Array) -> jax.Array:
+def _gaussian_noise(images: jax.Array, sigma: ArrayLike, key: jax.Array) -> jax.Array:
     noise = jax.random.normal(key, images.shape, images.dtype)
     return jnp.clip(images + sigma * noise, 0.0, 1.0)
 
 
-def _blur(images: jax.Array, sigma: float, key: jax.Array) -> jax.Array:
-    radius = int(np.ceil(3 * sigma))
-    offsets = jnp.arange(-radius, radius + 1, dtype=images.dtype)
+#: Half-width of the blur kernel: 3 sigma of the strongest blur (one compilation for all).
+_BLUR_RADIUS = int(np.ceil(3 * max(SEVERITIES["blur"])))
+
+
+def _blur(images: jax.Array, sigma: ArrayLike, key: jax.Array) -> jax.Array:
+    offsets = jnp.arange(-_BLUR_RADIUS, _BLUR_RADIUS + 1, dtype=images.dtype)
     kernel = jnp.exp(-0.5 * (offsets / sigma) ** 2)
     kernel = kernel / kernel.sum()
     x = images[:, None]  # (N, 1, H, W): one channel
@@ -230,15 +233,15 @@ def _blur(images: jax.Array, sigma: float, key: jax.Array) -> jax.Array:
     return jnp.clip(x[:, 0], 0.0, 1.0)
 
 
-def _rotate(images: jax.Array, degrees: float, key: jax.Array) -> jax.Array:
+def _rotate(images: jax.Array, degrees: ArrayLike, key: jax.Array) -> jax.Array:
     height, width = images.shape[-2:]
-    angle = np.deg2rad(degrees)
+    angle = jnp.deg2rad(degrees)
     rows, cols = jnp.meshgrid(jnp.arange(height, dtype=images.dtype),
                               jnp.arange(width, dtype=images.dtype), indexing="ij")
     cy, cx = (height - 1) / 2, (width - 1) / 2
     # Where each output pixel comes from: the inverse rotation, bilinear interpolation.
-    src_r = cy + (rows - cy) * np.cos(angle) - (cols - cx) * np.sin(angle)
-    src_c = cx + (rows - cy) * np.sin(angle) + (cols - cx) * np.cos(angle)
+    src_r = cy + (rows - cy) * jnp.cos(angle) - (cols - cx) * jnp.sin(angle)
+    src_c = cx + (rows - cy) * jnp.sin(angle) + (cols - cx) * jnp.cos(angle)
 
     def one(image: jax.Array) -> jax.Array:
         return jax.scipy.ndimage.map_coordinates(image, [src_r, src_c], order=1, cval=0.0)
@@ -246,7 +249,7 @@ def _rotate(images: jax.Array, degrees: float, key: jax.Array) -> jax.Array:
     return jax.vmap(one)(images)
 
 
-def _contrast(images: jax.Array, factor: float, key: jax.Array) -> jax.Array:
+def _contrast(images: jax.Array, factor: ArrayLike, key: jax.Array) -> jax.Array:
     mean = images.mean(axis=(-2, -1), keepdims=True)
     return jnp.clip(mean + factor * (images - mean), 0.0, 1.0)
 
@@ -262,7 +265,8 @@ CORRUPTIONS: dict[str, Callable[[jax.Array, float, jax.Array], jax.Array]] = {
 def corrupt(images: ArrayLike, name: str, severity: int, key: jax.Array) -> jax.Array:
     """``images`` ``(N, H, W)`` in [0, 1] with corruption ``name`` at ``severity`` 1..5.
 
-    Computed on the device with ``jax``; ``key`` is used by the random ones (noise).
+    Computed on the device with ``jax``, one compilation per corruption and image shape (the
+    strength is an argument); ``key`` is used by the random ones (noise).
     Returns float ``(N, H, W)`` in [0, 1].
     """
     if name not in CORRUPTIONS:
@@ -276,11 +280,11 @@ def corrupt(images: ArrayLike, name: str, severity: int, key: jax.Array) -> jax.
     if images.ndim != 3 or not jnp.issubdtype(images.dtype, jnp.floating):
         raise ValueError("images must be floating point (N, H, W) in [0, 1], got "
                          f"{images.dtype} {images.shape}.")
-    return _corrupt(images, name, float(levels[severity - 1]), key)
+    return _corrupt(images, name, jnp.float32(levels[severity - 1]), key)
 
 
-@jax.jit(static_argnums=(1, 2))
-def _corrupt(images: jax.Array, name: str, strength: float, key: jax.Array) -> jax.Array:
+@jax.jit(static_argnums=1)
+def _corrupt(images: jax.Array, name: str, strength: jax.Array, key: jax.Array) -> jax.Array:
     return CORRUPTIONS[name](images, strength, key)
 
 
