@@ -80,3 +80,53 @@ def test_bad_arguments_are_refused():
                           text=True, timeout=120, check=False)
     assert done.returncode == 2
     assert "--steps must be at least 1" in done.stderr
+
+
+# --- benchmarks/cnn_throughput.py ------------------------------------------------------------
+
+CNN_SCRIPT = SCRIPT.parent / "cnn_throughput.py"
+CNN_TINY = ["--steps", "2", "--rounds", "2", "--batch-size", "4", "--pause", "0",
+            "--channels", "2", "3", "--hidden", "4"]
+CNN_WITHOUT_TORCH = WITHOUT_TORCH.replace(str(SCRIPT), str(CNN_SCRIPT))
+
+
+def _run_cnn(*args: str, code: str | None = None) -> list[str]:
+    command = ([sys.executable, "-c", code, *args] if code
+               else [sys.executable, str(CNN_SCRIPT), *args])
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr == "", done.stderr[-2000:]
+    return done.stdout.splitlines()
+
+
+def _check_cnn_jax_lines(lines: list[str]) -> None:
+    assert re.match(r"device: \w+:\d+ .+; \d+ usable CPU cores; JAX ", _line(lines, "device:"))
+    config = _line(lines, "config:")
+    assert "CNN conv2-pool-conv3-pool-4-10" in config and "batch 4" in config
+    assert "2 steps per round" in config
+    assert re.fullmatch(rf"jax step loop: {RATE}", _line(lines, "jax step loop:")), lines
+
+
+def test_cnn_benchmark_without_torch_runs_jax_only():
+    lines = _run_cnn(*CNN_TINY, code=CNN_WITHOUT_TORCH)
+    _check_cnn_jax_lines(lines)
+    assert "not installed" in _line(lines, "pytorch:")
+    assert not [line for line in lines if line.startswith(("pytorch eager", "ratio"))]
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed (optional: torch==2.13.0)")
+def test_cnn_benchmark_with_torch_compares_both():
+    lines = _run_cnn(*CNN_TINY, "--threads", "1")
+    _check_cnn_jax_lines(lines)
+    assert re.fullmatch(rf"pytorch eager: {RATE}", _line(lines, "pytorch eager:"))
+    assert _ratio(_line(lines, "ratio jax step loop / pytorch eager:")) > 0
+
+
+def test_cnn_benchmark_bad_arguments_are_refused():
+    for args, message in ((["--steps", "0"], "--steps must be at least 1"),
+                          (["--channels", "0", "4"], "--channels must be two positive"),
+                          (["--dropout", "1.5"], "--dropout must be in")):
+        done = subprocess.run([sys.executable, str(CNN_SCRIPT), *args], capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert done.returncode == 2
+        assert message in done.stderr

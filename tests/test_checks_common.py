@@ -15,12 +15,13 @@ from __future__ import annotations
 import pytest
 from checker_helpers import expect_failed, run_checker, stub
 
-from utils import robustness, training
+from utils import cnn, robustness, training
 from utils.checks import lesson00_setup as l00
 from utils.checks import lesson01_gpu_basics as l01
 from utils.checks import lesson02_jit as l02
 from utils.checks import lesson03_vmap_grad as l03
 from utils.checks import lesson04_mnist_mlp as l04
+from utils.checks import lesson05_cnn as l05
 from utils.checks import lesson06_multi_device as l06
 from utils.checks import lesson07_performance as l07
 from utils.checks import lesson08_precision_reproducibility as l08
@@ -62,16 +63,21 @@ CHECKERS = {
                                       robustness.expected_calibration_error),
     "09 fit_temperature": (l09.fit_temperature, robustness.fit_temperature),
     "09 auroc": (l09.auroc, robustness.auroc),
-    "08 round_to_bfloat16": (l08.round_to_bfloat16, l08.reference_round_to_bfloat16),
-    "08 relative_error": (l08.relative_error, l08.reference_relative_error),
-    "08 update_loss_scale": (l08.update_loss_scale, l08.reference_update_loss_scale),
-    "08 split_for_workers": (l08.split_for_workers, l08.reference_split_for_workers),
-    "08 first_difference": (l08.first_difference, l08.reference_first_difference),
     "06 ring_all_reduce": (l06.ring_all_reduce, l06.parallel.ring_all_reduce),
     "06 data_parallel_step": (l06.data_parallel_step, l06.parallel.data_parallel_step),
     "06 device_grads": (l06.device_grads, l06.parallel.device_grads),
     "06 batch_sharding": (l06.batch_sharding, l06.parallel.batch_sharding),
     "06 shard_bytes": (l06.shard_bytes, l06.parallel.shard_bytes),
+    "08 round_to_bfloat16": (l08.round_to_bfloat16, l08.reference_round_to_bfloat16),
+    "08 relative_error": (l08.relative_error, l08.reference_relative_error),
+    "08 update_loss_scale": (l08.update_loss_scale, l08.reference_update_loss_scale),
+    "08 split_for_workers": (l08.split_for_workers, l08.reference_split_for_workers),
+    "08 first_difference": (l08.first_difference, l08.reference_first_difference),
+    "05 conv_output_size": (l05.conv_output_size, cnn.conv_output_size),
+    "05 conv2d_im2col": (l05.conv2d_im2col, l05.reference_conv2d_im2col),
+    "05 max_pool": (l05.max_pool, l05.reference_max_pool),
+    "05 CNN.__call__": (l05.cnn, cnn.CNN),
+    "05 random_translate": (l05.random_translate, l05.reference_random_translate),
 }
 
 
@@ -87,17 +93,32 @@ class _CrashingMLP(training.MLP):
         return 1 / 0
 
 
+class _BlankCNN(cnn.CNN):
+    def __call__(self, x):
+        raise NotImplementedError("write the forward pass")
+
+
+class _CrashingCNN(cnn.CNN):
+    def __call__(self, x):
+        return 1 / 0
+
+
+#: Exercises whose answer is a class (a forward pass to write): their blank and crashing form.
+_CLASS_EXERCISES = {"04 MLP.__call__": (_BlankMLP, _CrashingMLP),
+                    "05 CNN.__call__": (_BlankCNN, _CrashingCNN)}
+
+
 def _exercise(key: str) -> str:
     return key.split(" ", 1)[1]
 
 
 def _blank(key: str):
-    return _BlankMLP if key == "04 MLP.__call__" else stub
+    return _CLASS_EXERCISES[key][0] if key in _CLASS_EXERCISES else stub
 
 
 def _crashing(key: str):
-    if key == "04 MLP.__call__":
-        return _CrashingMLP
+    if key in _CLASS_EXERCISES:
+        return _CLASS_EXERCISES[key][1]
 
     def crashes(*args, **kwargs):
         return 1 / 0

@@ -329,3 +329,46 @@ def test_uint8_images_stay_uint8_on_the_device_and_the_step_compiles_once():
             loss, acc = step(model, optimizer, images, labels, indices)
     assert traces == [jnp.float32]  # the step body sees float32, traced once
     assert np.isfinite(float(loss)) and 0.0 <= float(acc) <= 1.0
+
+
+# --- train and eval modes (lesson 05) -------------------------------------------------------
+
+
+class _DropoutMLP(nnx.Module):
+    def __init__(self, *, rngs):
+        self.hidden = nnx.Linear(16, 32, rngs=rngs)
+        self.bn = nnx.BatchNorm(32, rngs=rngs)
+        self.dropout = nnx.Dropout(0.5, rngs=rngs)
+        self.out = nnx.Linear(32, 3, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.relu(self.bn(self.hidden(x.reshape(x.shape[0], -1))))
+        return self.out(self.dropout(x))
+
+
+def test_evaluate_runs_in_eval_mode_and_leaves_the_model_mode_alone():
+    images, labels = _toy_data(n=40)
+    model = _DropoutMLP(rngs=nnx.Rngs(0))
+    model.train()
+    stats = [np.asarray(v) for v in jax.tree.leaves(nnx.state(model, nnx.BatchStat))]
+    first = training.evaluate(model, images, labels, batch_size=7)
+    second = training.evaluate(model, images, labels, batch_size=40)
+    np.testing.assert_allclose(first, second, rtol=1e-5)  # no dropout, running statistics
+    assert not model.dropout.deterministic and not model.bn.use_running_average
+    for a, b in zip(stats, jax.tree.leaves(nnx.state(model, nnx.BatchStat)), strict=True):
+        np.testing.assert_array_equal(a, b)  # evaluation changed no statistics
+    mlp = training.MLP(16, 8, 3, rngs=nnx.Rngs(0))
+    assert training.eval_view(mlp)(jnp.ones((2, 16))).shape == (2, 3)
+
+
+def test_fit_trains_in_train_mode_and_returns_in_eval_mode():
+    images, labels = _toy_data()
+    model = _DropoutMLP(rngs=nnx.Rngs(0))
+    optimizer = training.create_optimizer(model, optax.adam(1e-2))
+    before = [np.asarray(v) for v in jax.tree.leaves(nnx.state(model, nnx.BatchStat))]
+    history = training.fit(model, optimizer, (images, labels), (images, labels), epochs=3,
+                           batch_size=16, key=jax.random.key(0), num_classes=3, progress=False)
+    after = [np.asarray(v) for v in jax.tree.leaves(nnx.state(model, nnx.BatchStat))]
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert model.dropout.deterministic and model.bn.use_running_average
+    assert history["test_accuracy"][-1] > 0.8

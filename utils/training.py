@@ -12,7 +12,8 @@ the shuffled batches); the later lessons (05_cnn, 06_multi_device) reuse them fr
 - :func:`make_scan_epoch`: a whole epoch as one ``lax.scan`` (one dispatch per epoch; fast
   for MLPs, but slow for CNNs on CPU, so it is optional).
 - :func:`shuffled_batch_indices`: a fresh permutation per epoch, cut into full batches.
-- :func:`evaluate`: mean loss and accuracy over a dataset, in batches, on the device.
+- :func:`evaluate`: mean loss and accuracy over a dataset, in batches, on the device, in
+  eval mode (:func:`eval_view`).
 - :func:`fit`: the epoch loop with a progress bar and a history of loss/accuracy per epoch.
 - :func:`validate_data`: clear ``ValueError`` for wrong shapes, dtypes or label ranges.
 - :func:`as_float_images`: uint8 images to float32 in [0, 1], inside the compiled code.
@@ -43,6 +44,7 @@ __all__ = [
     "count_params",
     "create_optimizer",
     "cross_entropy_loss",
+    "eval_view",
     "evaluate",
     "fit",
     "make_scan_epoch",
@@ -278,6 +280,8 @@ def evaluate(
     ``batch_size``; a short last batch is padded and masked), so memory stays bounded
     however large N is. Returns two float32 scalars ``(loss, accuracy)`` (device arrays:
     ``float()`` them to print). With ``num_classes`` the data is validated first.
+    The model runs in eval mode (:func:`eval_view`: dropout off, BatchNorm on its running
+    statistics), whatever mode ``model`` is in; ``model`` itself is not changed.
     """
     if num_classes is not None:
         validate_data(images, labels, num_classes=num_classes, name="evaluate")
@@ -286,8 +290,20 @@ def evaluate(
     n = int(np.shape(images)[0])
     if n == 0:
         raise ValueError("evaluate: the dataset is empty.")
-    return _evaluate(model, jnp.asarray(images), jnp.asarray(labels),
+    return _evaluate(eval_view(model), jnp.asarray(images), jnp.asarray(labels),
                      batch_size=min(batch_size, n))
+
+
+def eval_view(model: nnx.Module) -> nnx.Module:
+    """``model`` in eval mode, sharing its variables (introduced for lesson 05_cnn).
+
+    Every layer with a ``deterministic`` attribute (``nnx.Dropout``, random augmentation)
+    turns it on and every ``use_running_average`` (``nnx.BatchNorm``) too, on a view: the
+    caller's ``model`` keeps its mode. A model with neither (lesson 04's MLP) is returned
+    as is.
+    """
+    return nnx.view(model, deterministic=True, use_running_average=True,
+                    raise_if_not_found=False)
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
@@ -328,6 +344,12 @@ def fit(
     the model was changing) and, with ``test``, ``{"test_loss", "test_accuracy"}`` (the
     whole test set after the epoch), each a list of ``epochs`` floats. ``progress=False``
     turns the progress bar off (e.g. under tests).
+
+    Modes (lesson 05): the steps run with ``model.train()`` (dropout on, BatchNorm on the
+    batch's statistics and updating its running averages; nothing changes for a model
+    without such layers); the test set is evaluated in eval mode (:func:`evaluate`). ``fit``
+    returns with the model in eval mode, ready to predict. Dropout and augmentation layers
+    draw their keys from the ``nnx.Rngs`` the model was built with, inside the jitted step.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}.")
@@ -349,6 +371,7 @@ def fit(
     if test is not None:
         history.update(test_loss=[], test_accuracy=[])
     bar = _progress(epochs, progress, "training" + (" (scan)" if scan else ""))
+    model.train()
     for epoch in range(epochs):
         batches = batch_indices(jax.random.fold_in(key, epoch), n, batch_size)
         if scan:
@@ -371,5 +394,6 @@ def fit(
             bar.update(1)
     if bar is not None:
         bar.close()
+    model.eval()
     return history
 

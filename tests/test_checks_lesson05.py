@@ -1,0 +1,258 @@
+"""Checkers of lesson 05_cnn: student answers written differently pass, typical wrong answers
+FAIL with a message that says what is wrong. (The reference passing, the stable PASSED line,
+blank and crashing answers are tested for every checker in test_checks_common.py.)"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from checker_helpers import expect_failed, run_checker
+from flax import nnx
+
+from utils import cnn
+from utils.checks import lesson05_cnn as check
+
+# --- 1. conv_output_size ---------------------------------------------------------------------
+
+
+def test_conv_output_size_written_differently_passes(capsys):
+    import math
+
+    def student(size, kernel, stride, padding):
+        return math.ceil(size / stride) if padding == "SAME" else \
+            math.floor((size - kernel) / stride) + 1
+
+    line, use = run_checker(capsys, check.conv_output_size, student)
+    assert line.startswith("PASSED conv_output_size:") and use is student
+
+
+def test_conv_output_size_ignoring_stride_for_same_fails(capsys):
+    def wrong(size, kernel, stride, padding):
+        return size if padding == "SAME" else (size - kernel) // stride + 1
+
+    expect_failed(capsys, check.conv_output_size, "conv_output_size", wrong, "stride=2",
+                  "expected")
+
+
+def test_conv_output_size_true_division_fails(capsys):
+    def wrong(size, kernel, stride, padding):
+        return -(-size // stride) if padding == "SAME" else (size - kernel) / stride + 1
+
+    expect_failed(capsys, check.conv_output_size, "conv_output_size", wrong, "return an int")
+
+
+def test_conv_output_size_off_by_one_valid_fails(capsys):
+    def wrong(size, kernel, stride, padding):
+        return -(-size // stride) if padding == "SAME" else (size - kernel + 1) // stride
+
+    expect_failed(capsys, check.conv_output_size, "conv_output_size", wrong, "VALID")
+
+
+# --- 2. conv2d_im2col ------------------------------------------------------------------------
+
+
+def _im2col_conv(x, w, stride, padding, *, symmetric=False, channel_first=False):
+    kh, kw, c, o = w.shape
+    (sh, sw), (n, h, wd, _) = stride, x.shape
+    oh, ow = (cnn.conv_output_size(h, kh, sh, padding), cnn.conv_output_size(wd, kw, sw, padding))
+    if padding == "SAME":
+        if symmetric:  # the usual mistake: k // 2 on both sides
+            pads = ((kh // 2, kh // 2), (kw // 2, kw // 2))
+        else:
+            pads = (cnn.same_padding(h, kh, sh), cnn.same_padding(wd, kw, sw))
+        x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    slices = [x[:, i: i + (oh - 1) * sh + 1: sh, j: j + (ow - 1) * sw + 1: sw, :]
+              for i in range(kh) for j in range(kw)]
+    axis = 4 if channel_first else 3  # channel_first: patches ordered (c, kh, kw)
+    patches = jnp.stack(slices, axis=axis).reshape(n, oh, ow, kh * kw * c)
+    return patches @ w.reshape(kh * kw * c, o)
+
+
+def test_conv2d_im2col_student_version_passes(capsys):
+    line, use = run_checker(capsys, check.conv2d_im2col, _im2col_conv)
+    assert line.startswith("PASSED conv2d_im2col:") and use is _im2col_conv
+
+
+def test_conv2d_im2col_symmetric_same_padding_fails(capsys):
+    def wrong(x, w, stride, padding):
+        return _im2col_conv(x, w, stride, padding, symmetric=True)
+
+    expect_failed(capsys, check.conv2d_im2col, "conv2d_im2col", wrong, "SAME")
+
+
+def test_conv2d_im2col_patches_in_wrong_order_fail(capsys):
+    def wrong(x, w, stride, padding):
+        return _im2col_conv(x, w, stride, padding, channel_first=True)
+
+    expect_failed(capsys, check.conv2d_im2col, "conv2d_im2col", wrong,
+                  "differs from lax.conv_general_dilated")
+
+
+def test_conv2d_im2col_calling_the_convolution_fails(capsys):
+    def cheat(x, w, stride, padding):
+        return jax.lax.conv_general_dilated(x, w, stride, padding,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    expect_failed(capsys, check.conv2d_im2col, "conv2d_im2col", cheat,
+                  "calls a convolution")
+
+
+# --- 3. max_pool -----------------------------------------------------------------------------
+
+
+def test_max_pool_by_reshape_passes(capsys):
+    def student(x, window):
+        n, h, w, c = x.shape
+        oh, ow = h // window, w // window
+        x = x[:, : oh * window, : ow * window]
+        return x.reshape(n, oh, window, ow, window, c).max(axis=(2, 4))
+
+    line, use = run_checker(capsys, check.max_pool, student)
+    assert line.startswith("PASSED max_pool:") and use is student
+
+
+def test_max_pool_starting_from_zero_fails(capsys):
+    def wrong(x, window):
+        dims = (1, window, window, 1)
+        return jax.lax.reduce_window(x, 0.0, jax.lax.max, dims, dims, "VALID")
+
+    expect_failed(capsys, check.max_pool, "max_pool", wrong, "negative", "-inf")
+
+
+def test_average_pool_fails(capsys):
+    def wrong(x, window):
+        dims = (1, window, window, 1)
+        return jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, dims, "VALID") / window**2
+
+    expect_failed(capsys, check.max_pool, "max_pool", wrong, "differs from the maximum")
+
+
+def test_max_pool_keeping_partial_windows_fails(capsys):
+    def wrong(x, window):
+        dims = (1, window, window, 1)
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, dims, "SAME")
+
+    expect_failed(capsys, check.max_pool, "max_pool", wrong, "shape")
+
+
+# --- 4. CNN.__call__ -------------------------------------------------------------------------
+
+
+class StudentCNN(cnn.CNN):
+    def __call__(self, x):
+        for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2)):
+            x = cnn.max_pool(jax.nn.relu(bn(conv(x))), 2)
+        x = self.dense1(x.reshape(len(x), -1))
+        return self.dense2(self.dropout(jax.nn.relu(x)))
+
+
+class BatchNormAfterReluCNN(cnn.CNN):
+    def __call__(self, x):
+        x = cnn.max_pool(self.bn1(nnx.relu(self.conv1(x))), 2)
+        x = cnn.max_pool(self.bn2(nnx.relu(self.conv2(x))), 2)
+        x = self.dropout(nnx.relu(self.dense1(x.reshape(x.shape[0], -1))))
+        return self.dense2(x)
+
+
+class NoBatchNormCNN(cnn.CNN):
+    def __call__(self, x):
+        x = cnn.max_pool(nnx.relu(self.conv1(x)), 2)
+        x = cnn.max_pool(nnx.relu(self.conv2(x)), 2)
+        x = self.dropout(nnx.relu(self.dense1(x.reshape(x.shape[0], -1))))
+        return self.dense2(x)
+
+
+class NoDropoutCNN(cnn.CNN):
+    def __call__(self, x):
+        x = cnn.max_pool(nnx.relu(self.bn1(self.conv1(x))), 2)
+        x = cnn.max_pool(nnx.relu(self.bn2(self.conv2(x))), 2)
+        return self.dense2(nnx.relu(self.dense1(x.reshape(x.shape[0], -1))))
+
+
+class ReluOnLogitsCNN(cnn.CNN):
+    def __call__(self, x):
+        return nnx.relu(cnn.CNN.__call__(self, x))
+
+
+def test_cnn_student_class_passes(capsys):
+    line, use = run_checker(capsys, check.cnn, StudentCNN)
+    assert line.startswith("PASSED CNN.__call__:") and use is StudentCNN
+
+
+def test_cnn_batchnorm_after_relu_fails(capsys):
+    expect_failed(capsys, check.cnn, "CNN.__call__", BatchNormAfterReluCNN, "eval mode")
+
+
+def test_cnn_without_batchnorm_fails(capsys):
+    expect_failed(capsys, check.cnn, "CNN.__call__", NoBatchNormCNN, "differ")
+
+
+def test_cnn_without_dropout_fails(capsys):
+    expect_failed(capsys, check.cnn, "CNN.__call__", NoDropoutCNN, "ignores dropout")
+
+
+def test_cnn_relu_on_logits_fails(capsys):
+    expect_failed(capsys, check.cnn, "CNN.__call__", ReluOnLogitsCNN, "never negative")
+
+
+# --- 5. random_translate ---------------------------------------------------------------------
+
+
+def test_random_translate_written_differently_passes(capsys):
+    def student(key, images, max_shift):  # a gather with per-example coordinates
+        n, h, w, _ = images.shape
+        dy, dx = jax.random.randint(key, (2, n, 1, 1), -max_shift, max_shift + 1)
+        rows = jnp.arange(h)[None, :, None] - dy
+        cols = jnp.arange(w)[None, None, :] - dx
+        inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+        batch = jnp.arange(n)[:, None, None]
+        moved = images[batch, jnp.clip(rows, 0, h - 1), jnp.clip(cols, 0, w - 1)]
+        return jnp.where(inside[..., None], moved, 0.0)
+
+    line, use = run_checker(capsys, check.random_translate, student)
+    assert line.startswith("PASSED random_translate:") and use is student
+
+
+def test_one_shift_for_the_whole_batch_fails(capsys):
+    def wrong(key, images, max_shift):
+        n = images.shape[0]
+        shift = jax.random.randint(key, (2,), -max_shift, max_shift + 1)
+        return cnn.random_translate(jax.random.key(0), images, 0) if max_shift == 0 else \
+            _shift_all(images, shift, max_shift, n)
+
+    expect_failed(capsys, check.random_translate, "random_translate", wrong,
+                  "different shifts", "per")
+
+
+def _shift_all(images, shift, m, n):
+    h, w, c = images.shape[1:]
+    padded = jnp.pad(images, ((0, 0), (m, m), (m, m), (0, 0)))
+    return jax.lax.dynamic_slice(padded, (0, m - shift[0], m - shift[1], 0), (n, h, w, c))
+
+
+def test_roll_wraps_around_and_fails(capsys):
+    def wrong(key, images, max_shift):
+        shifts = jax.random.randint(key, (images.shape[0], 2), -max_shift, max_shift + 1)
+        return jax.vmap(lambda im, s: jnp.roll(im, (s[0], s[1]), axis=(0, 1)))(images, shifts)
+
+    expect_failed(capsys, check.random_translate, "random_translate", wrong, "jnp.roll")
+
+
+def test_shifts_never_reaching_max_fail(capsys):
+    def wrong(key, images, max_shift):  # randint's upper bound is exclusive
+        n, h, w, c = images.shape
+        m = max_shift
+        shifts = jax.random.randint(key, (n, 2), -m, max(m, 1) if m == 0 else m)
+        padded = jnp.pad(images, ((0, 0), (m, m), (m, m), (0, 0)))
+        return jax.vmap(lambda im, s: jax.lax.dynamic_slice(
+            im, (m - s[0], m - s[1], 0), (h, w, c)))(padded, shifts)
+
+    expect_failed(capsys, check.random_translate, "random_translate", wrong, "inclusive")
+
+
+def test_ignoring_the_key_fails(capsys):
+    def wrong(key, images, max_shift):
+        return cnn.random_translate(jax.random.key(42), images, max_shift)
+
+    expect_failed(capsys, check.random_translate, "random_translate", wrong,
+                  "different keys gave the same")
