@@ -153,15 +153,6 @@ def test_pmap_step_with_local_loss_fails(capsys):
                   "lax.pmean(loss")
 
 
-@needs_8
-def test_pmap_step_returning_model_state_only_fails(capsys):
-    def model_only(graphdef, state, images, labels):
-        new_state, loss = parallel.data_parallel_step(graphdef, state, images, labels)
-        return new_state[0], loss
-
-    expect_failed(capsys, check.data_parallel_step, "data_parallel_step", model_only)
-
-
 # --- device_grads ----------------------------------------------------------------------------
 
 

@@ -45,12 +45,14 @@ def _devices() -> list[Any]:
     return jax.devices("cpu")
 
 
-def _counts() -> list[int]:
+def _counts(tried: tuple[int, ...] = (2, 8, 4, 1)) -> list[int]:
+    """The mesh sizes to try, as many as exist; 2 first, so a wrong answer fails quickly."""
     n = len(_devices())
-    return [k for k in (1, 2, 4, 8) if k <= n]
+    return [k for k in tried if k <= n]
 
 
 def _counts_text(counts: list[int]) -> str:
+    counts = sorted(counts)
     if len(counts) == 1:
         return f"a mesh of {counts[0]} device"
     return "meshes of " + ", ".join(str(k) for k in counts[:-1]) + f" and {counts[-1]} devices"
@@ -129,7 +131,7 @@ def _check_pmap_step(fn: Fn) -> str:
 
     from utils import training
 
-    counts = _counts()
+    counts = _counts((2, 8, 1))  # pmap compiles slowly: three mesh sizes
     rng = np.random.default_rng(602)
     din, dh, dout, batch = 6, 8, 3, 8  # one global batch of 8: 8 // k examples per device
     lr = 0.17
@@ -186,10 +188,23 @@ def _check_pmap_step(fn: Fn) -> str:
             "parameters and the whole batch's loss (per-device batches of 8 down to 1)")
 
 
+def _on_cpu(check: Callable[[Fn], str]) -> Callable[[Fn], str]:
+    """Run ``check`` with the CPU as default device and full float32 matmuls, so the
+    reference and the student's code compute alike beside a GPU (TF32) too."""
+
+    def run(fn: Fn) -> str:
+        import jax
+
+        with jax.default_device(_devices()[0]), jax.default_matmul_precision("highest"):
+            return check(fn)
+
+    return run
+
+
 def data_parallel_step(student_fn: Fn, *, quiet: bool = False) -> Fn:
     """Check the ``pmap`` body ``data_parallel_step(graphdef, state, images, labels)``."""
     return run_check(
-        "data_parallel_step", student_fn, parallel.data_parallel_step, _check_pmap_step,
+        "data_parallel_step", student_fn, parallel.data_parallel_step, _on_cpu(_check_pmap_step),
         "model, optimizer = nnx.merge(graphdef, state); loss, grads = nnx.value_and_grad(...); "
         "grads = lax.pmean(grads, 'data'); optimizer.update(model, grads); return "
         "nnx.state((model, optimizer)), lax.pmean(loss, 'data').",
@@ -257,7 +272,7 @@ def _check_device_grads(fn: Fn) -> str:
 def device_grads(student_fn: Fn, *, quiet: bool = False) -> Fn:
     """Check ``device_grads(loss_fn, params, images, labels)`` run inside ``shard_map``."""
     return run_check(
-        "device_grads", student_fn, parallel.device_grads, _check_device_grads,
+        "device_grads", student_fn, parallel.device_grads, _on_cpu(_check_device_grads),
         "differentiate the mean over devices, lambda p: lax.pmean(loss_fn(p, images, labels), "
         "'data'), with jax.value_and_grad, and do not pmean the gradients afterwards.",
         quiet=quiet,
@@ -271,7 +286,7 @@ def _check_batch_sharding(fn: Fn) -> str:
     import jax
 
     devs = _devices()
-    meshes = [parallel.data_mesh(k, devs) for k in _counts()]
+    meshes = [parallel.data_mesh(k, devs) for k in sorted(_counts())]
     if len(devs) >= 4:
         auto = (jax.sharding.AxisType.Auto,) * 2
         meshes.append(parallel.data_mesh((2, 2), devs))
@@ -346,7 +361,7 @@ def _check_shard_bytes(fn: Fn) -> str:
     data, model = parallel.DATA, parallel.MODEL
     devs = _devices()
     cases = []
-    meshes = [parallel.data_mesh(k, devs) for k in _counts() if k > 1][-1:]
+    meshes = [parallel.data_mesh(k, devs) for k in sorted(_counts()) if k > 1][-1:]
     if len(devs) >= 8:
         meshes.append(parallel.data_mesh((4, 2), devs))
     elif len(devs) >= 4:
