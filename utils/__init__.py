@@ -15,11 +15,19 @@ Modules (and the lesson that introduces each):
 - ``errors``: ``expect_error``, to show an expected error and go on (00).
 - ``introspection``: compilation counter, jaxpr size, traceability checks (02).
 - ``training``: Flax NNX + Optax training steps, evaluation and epoch loops (04).
-- ``sizing``: ``sized(cpu=, gpu=, smoke=)``, the one helper that sizes a lesson's work (05).
+- ``sizing``: ``sized(cpu=, gpu=, smoke=)``, the one helper that sizes a lesson's work (01).
+- ``cnn``: the CNN, convolution pieces and on-device augmentation (05).
+- ``parallel``: several devices and several processes (06).
+- ``pipeline``: prefetching batches from the host to the device (07).
+- ``profiling``: reading profiler traces and compiler reports (07).
+- ``precision``: float formats, mixed precision, loss scaling, reproducibility (08).
+- ``robustness``: attacks, corruptions, calibration, out-of-distribution scores (09).
+- ``grading``: ``course-grade``, for instructors.
 - ``checks``: one module of exercise checkers per lesson.
 """
 
 __all__ = [
-    "checks", "data", "environment", "errors", "exercises", "introspection", "plotting",
-    "sizing", "timing", "training",
+    "checks", "cnn", "data", "environment", "errors", "exercises", "grading", "introspection",
+    "parallel", "pipeline", "plotting", "precision", "profiling", "robustness", "sizing",
+    "timing", "training",
 ]

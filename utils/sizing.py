@@ -1,4 +1,4 @@
-"""How much work a lesson does here: the course's one sizing helper (introduced in lesson 05_cnn).
+"""How much work a lesson does here: the course's one sizing helper (introduced in lesson 01).
 
 A lesson that trains or measures for long sizes its work with :func:`sized`::
 
