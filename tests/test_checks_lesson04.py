@@ -336,7 +336,7 @@ def test_train_step_with_gradient_of_the_summed_loss_fails(capsys):
     expect_failed(capsys, check.train_step, "train_step", summed_gradient, "9 times the expected")
 
 
-def test_train_step_with_donated_buffers_passes(capsys):
+def test_train_step_calling_the_reference_body_passes(capsys):
     def step(model, optimizer, images, labels):
         return training.train_batch(model, optimizer, images, labels)
 
