@@ -34,7 +34,8 @@ def test_a_clean_run_has_no_problems():
     (dict(stderr=["cell 2: DeprecationWarning: old"]), "stderr in cell 2: Deprecation"),
     (dict(verdicts={"a": "PASSED", "b": "FAILED"}), "b: FAILED, expected PASSED"),
     (dict(verdicts={"a": "PASSED"}), "b: not checked, expected PASSED"),
-    (dict(verdicts={"a": "PASSED", "b": "PASSED", "c": "PASSED"}), "checked but not in the reference"),
+    (dict(verdicts={"a": "PASSED", "b": "PASSED", "c": "PASSED"}),
+     "checked but not in the reference"),
     (dict(mismatches=["a: printed PASSED, checked FAILED"]), "mismatch: a: printed"),
 ])
 def test_each_kind_of_problem_is_reported(change, problem):

@@ -377,7 +377,7 @@ def _check_accumulated(fn: Fn) -> str:
     rng = np.random.default_rng(5)
     jitted = jax.jit(fn, static_argnums=(0, 4))
     large_batch_grad = jax.jit(jax.grad(_mlp_loss))
-    for i, (batch, micro) in enumerate(_ACCUM_CASES):
+    for batch, micro in _ACCUM_CASES:
         params, images, labels = _accum_case(rng, batch, 5, 4, 3)
         expected = large_batch_grad(params, images, labels)
         for how, f in ((" under jax.jit", jitted),):
