@@ -38,8 +38,10 @@ start=$SECONDS
 echo "newest-JAX leg: $("$python" --version) from $python, venv $VENV"
 [ -x "$VENV/bin/python" ] || "$python" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-# No constraints: whatever is newest today, as a new Colab user would get.
-"$VENV/bin/python" -m pip install -q --upgrade --upgrade-strategy eager -e ".[grade]"
+# No constraints: whatever is newest today, as a new Colab user would get. What a student
+# installs (the lab extra: ipywidgets, so tqdm's progress bars are widgets, not a warning)
+# plus the notebook runner.
+"$VENV/bin/python" -m pip install -q --upgrade --upgrade-strategy eager -e ".[lab,grade]"
 install_s=$((SECONDS - start))
 "$VENV/bin/python" - <<'EOF'
 import importlib.metadata as md
