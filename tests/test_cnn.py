@@ -85,6 +85,36 @@ def test_max_pool_matches_numpy_including_negative_values_and_odd_sizes():
     assert cnn.max_pool(jnp.ones((1, 1, 1, 1)), 1).shape == (1, 1, 1, 1)
 
 
+@pytest.mark.parametrize(("shape", "window"), [((2, 7, 5, 3), 2), ((1, 9, 6, 2), 3),
+                                               ((3, 4, 4, 1), 4), ((1, 1, 1, 1), 1)])
+def test_max_pool_by_reshape_equals_reduce_window_in_values_and_gradient(shape, window):
+    x = _normal(shape, sum(shape))  # continuous values: one maximum per window
+    r = _normal(cnn.max_pool_reduce_window(x, window).shape, 7)
+    np.testing.assert_array_equal(np.asarray(cnn.max_pool(x, window)),
+                                  np.asarray(cnn.max_pool_reduce_window(x, window)))
+    grads = [jax.grad(lambda x, f=f: jnp.sum(f(x, window) * r))(x)
+             for f in (cnn.max_pool, cnn.max_pool_reduce_window)]
+    np.testing.assert_array_equal(np.asarray(grads[0]), np.asarray(grads[1]))
+
+
+def test_max_pool_shares_the_gradient_among_ties_and_reduce_window_picks_one():
+    x = jnp.zeros((1, 2, 2, 1)).at[0, 0, 1, 0].set(1.0).at[0, 1, 0, 0].set(1.0)
+    shared = jax.grad(lambda x: jnp.sum(cnn.max_pool(x, 2)))(x)
+    picked = jax.grad(lambda x: jnp.sum(cnn.max_pool_reduce_window(x, 2)))(x)
+    np.testing.assert_array_equal(np.asarray(shared)[0, :, :, 0], [[0, 0.5], [0.5, 0]])
+    assert float(jnp.sum(picked)) == 1.0 and int(jnp.count_nonzero(picked)) == 1
+
+
+def test_overlapping_max_pool_uses_reduce_window():
+    x = _normal((2, 7, 7, 3), 4)
+    got = np.asarray(cnn.max_pool(x, 3, stride=2))
+    assert got.shape == (2, 3, 3, 3)
+    np.testing.assert_array_equal(got, np.asarray(cnn.max_pool_reduce_window(x, 3, 2)))
+    expected = np.max([np.asarray(x)[:, i: i + 5: 2, j: j + 5: 2] for i in range(3)
+                       for j in range(3)], axis=0)
+    np.testing.assert_array_equal(got, expected)
+
+
 # --- augmentation ---------------------------------------------------------------------------
 
 
