@@ -141,7 +141,7 @@ def test_max_pool_keeping_partial_windows_fails(capsys):
 class StudentCNN(cnn.CNN):
     def __call__(self, x):
         for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2)):
-            x = cnn.max_pool(jax.nn.relu(bn(conv(x))), 2)
+            x = self.pool(jax.nn.relu(bn(conv(x))), 2)
         x = self.dense1(x.reshape(len(x), -1))
         return self.dense2(self.dropout(jax.nn.relu(x)))
 
@@ -169,6 +169,14 @@ class NoDropoutCNN(cnn.CNN):
         return self.dense2(nnx.relu(self.dense1(x.reshape(x.shape[0], -1))))
 
 
+class FixedPoolCNN(cnn.CNN):  # right values with the default pool, but ignores self.pool
+    def __call__(self, x):
+        x = cnn.max_pool(nnx.relu(self.bn1(self.conv1(x))), 2)
+        x = cnn.max_pool(nnx.relu(self.bn2(self.conv2(x))), 2)
+        x = self.dropout(nnx.relu(self.dense1(x.reshape(x.shape[0], -1))))
+        return self.dense2(x)
+
+
 class ReluOnLogitsCNN(cnn.CNN):
     def __call__(self, x):
         return nnx.relu(cnn.CNN.__call__(self, x))
@@ -189,6 +197,10 @@ def test_cnn_without_batchnorm_fails(capsys):
 
 def test_cnn_without_dropout_fails(capsys):
     expect_failed(capsys, check.cnn, "CNN.__call__", NoDropoutCNN, "ignores dropout")
+
+
+def test_cnn_ignoring_self_pool_fails(capsys):
+    expect_failed(capsys, check.cnn, "CNN.__call__", FixedPoolCNN, "self.pool(x, 2)")
 
 
 def test_cnn_relu_on_logits_fails(capsys):

@@ -14,7 +14,7 @@ student's answer if it passed, else the reference).
   inputs, ties, sizes that do not divide, gradients.
 - :func:`cnn`: the CNN's ``__call__``: eval mode and train mode (output, BatchNorm
   statistics, dropout) and gradients, on several sizes, against the reference forward pass
-  run on the student's own model.
+  run on the student's own model; it must pool with ``self.pool``.
 - :func:`random_translate`: properties of a per-example random shift: each example is its
   input shifted by a whole number of pixels within range with zeros shifted in; examples
   get different shifts; the key decides; jittable without recompiling per key.
@@ -243,6 +243,39 @@ _CNN_CASES = (  # (num_classes, channels, hidden, in_channels, image_size, batch
 )
 
 
+def _average_pool(x: Any, window: int) -> Any:
+    """A pooling other than the default, to see that ``__call__`` uses ``self.pool``."""
+    import jax
+
+    dims = (1, window, window, 1)
+    return jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, dims, "VALID") / window**2
+
+
+def _build(cls: Any, rng: np.random.Generator, seed: int, *args: Any, **kwargs: Any) -> Any:
+    """``cls(*args, **kwargs, rngs=nnx.Rngs(seed))`` with random values from ``rng``.
+
+    The model is built abstractly (``nnx.eval_shape``: no initializer is compiled or run,
+    which would take longer than the whole check) and then given NumPy values: weights
+    scaled by 1/sqrt(fan-in), the RNG streams seeded with ``seed``.
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: cls(*args, **kwargs,
+                                                           rngs=nnx.Rngs(seed))))
+
+    def value(leaf: Any) -> Any:
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return jax.random.key(seed)
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            return jnp.zeros(leaf.shape, leaf.dtype)
+        fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 1
+        return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in), leaf.dtype)
+
+    return nnx.merge(graphdef, jax.tree.map(value, state))
+
+
 def _randomize_batchnorm(model: Any, rng: np.random.Generator) -> None:
     """Random scale, shift and running statistics, so that a missing BatchNorm shows."""
     import jax.numpy as jnp
@@ -269,18 +302,30 @@ def _check_cnn(cls: Any) -> str:
 
     rng = np.random.default_rng(11)
     reference_call = _cnn.CNN.__call__
+
+    # Few compiled functions (compiling dominates the check's time): per call, the logits
+    # and the parameters' gradients together, for the student's __call__ and the reference.
+    def logits_and_grads(call: Fn) -> Fn:
+        def f(m: Any, x: Any, r: Any) -> Any:
+            def loss(m: Any) -> Any:
+                logits = call(m, x)
+                return jnp.sum(logits * r), logits
+
+            (_, logits), grads = nnx.value_and_grad(loss, has_aux=True)(m)
+            return logits, grads
+
+        return nnx.jit(f)
+
+    student_eval, reference_eval = (logits_and_grads(c)
+                                    for c in (lambda m, x: m(x), reference_call))
     forward = nnx.jit(lambda m, x: m(x))
     reference = nnx.jit(lambda m, x: reference_call(m, x))
 
-    def build(k: int, channels: tuple, hidden: int, cin: int, size: tuple, seed: int) -> Any:
-        return cls(k, channels=channels, hidden=hidden, dropout=0.5, in_channels=cin,
-                   image_size=size, rngs=nnx.Rngs(seed))
+    def build(k: int, channels: tuple, hidden: int, cin: int, size: tuple, seed: int,
+              pool: Fn = _cnn.max_pool) -> Any:
+        return _build(cls, rng, seed, k, channels=channels, hidden=hidden, dropout=0.5,
+                      in_channels=cin, image_size=size, pool=pool)
 
-    def grads(call: Fn) -> Fn:
-        return nnx.jit(nnx.grad(lambda m, x, r: jnp.sum(call(m, x) * r)))
-
-    build = nnx.jit(build, static_argnums=(0, 1, 2, 3, 4, 5))
-    student_grads, reference_grads = grads(lambda m, x: m(x)), grads(reference_call)
     for case, (k, channels, hidden, cin, size, n) in enumerate(_CNN_CASES):
         model = build(k, channels, hidden, cin, size, case)
         for name in ("conv1", "bn1", "conv2", "bn2", "dense1", "dropout", "dense2"):
@@ -289,23 +334,24 @@ def _check_cnn(cls: Any) -> str:
                                   "(subclass cnn.CNN) and write only __call__.")
         _randomize_batchnorm(model, rng)
         x = jnp.asarray(rng.uniform(0, 1, size=(n, *size, cin)), jnp.float32)
+        r = jnp.asarray(rng.normal(size=(n, k)), jnp.float32)
         where = f"input {(n, *size, cin)}, channels {channels}"
         model.eval()
-        expected = np.asarray(reference(model, x))
-        for how, f in [(" under nnx.jit", forward)]:
-            got = expect_array(f(model, x), (n, k), "float32",
-                               f"the logits in eval mode for {where}{how}")
-            if not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
-                if np.all(got >= 0) and np.any(expected < 0):
-                    raise CheckFailed(f"the logits for {where} are never negative: no ReLU "
-                                      "(or softmax) on the output layer.")
-                raise CheckFailed(f"the logits in eval mode for {where}{how} differ from "
-                                  "conv1 -> bn1 -> relu -> pool -> conv2 -> bn2 -> relu -> "
-                                  "pool -> flatten -> dense1 -> relu -> dropout -> dense2 "
-                                  f"(max difference {np.max(np.abs(got - expected)):.3g}).")
-        r = jnp.asarray(rng.normal(size=(n, k)), jnp.float32)
-        grads = [grads_of(model, x, r) for grads_of in (student_grads, reference_grads)]
-        for g, e in zip(*(jax.tree.leaves(g) for g in grads), strict=True):
+        got, got_grads = student_eval(model, x, r)
+        expected, expected_grads = reference_eval(model, x, r)
+        got = expect_array(got, (n, k), "float32",
+                           f"the logits in eval mode for {where} under nnx.jit")
+        expected = np.asarray(expected)
+        if not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
+            if np.all(got >= 0) and np.any(expected < 0):
+                raise CheckFailed(f"the logits for {where} are never negative: no ReLU "
+                                  "(or softmax) on the output layer.")
+            raise CheckFailed(f"the logits in eval mode for {where} under nnx.jit differ from "
+                              "conv1 -> bn1 -> relu -> pool -> conv2 -> bn2 -> relu -> "
+                              "pool -> flatten -> dense1 -> relu -> dropout -> dense2 "
+                              f"(max difference {np.max(np.abs(got - expected)):.3g}).")
+        for g, e in zip(*(jax.tree.leaves(g) for g in (got_grads, expected_grads)),
+                        strict=True):
             if not np.allclose(np.asarray(g), np.asarray(e), rtol=1e-3, atol=1e-4):
                 raise CheckFailed(f"the gradients of the parameters for {where} differ from "
                                   "the reference forward pass's.")
@@ -324,16 +370,24 @@ def _check_cnn(cls: Any) -> str:
                    if np.allclose(got, eval_logits, rtol=1e-4, atol=1e-4) else "")
             raise CheckFailed(f"the logits in train mode for {where} differ from the "
                               f"reference's (dropout after relu(dense1), once).{why}")
+        if case == 0:  # built with another pooling, the model must use it
+            model = build(k, channels, hidden, cin, size, case, _average_pool)
+            model.train()  # the train-mode functions compiled above, with this pooling
+            student, ref = nnx.clone(model), nnx.clone(model)
+            if not np.allclose(np.asarray(forward(student, x)),
+                               np.asarray(reference(ref, x)), rtol=1e-4, atol=1e-4):
+                raise CheckFailed("built with pool=<an average pool> it still max-pools: pool "
+                                  "with self.pool(x, 2), the pooling the model was built with.")
     return (f"logits equal the reference in eval and train mode for {len(_CNN_CASES)} "
             "sizes (batch 1, non-square images, 2 input channels); BatchNorm statistics, "
-            "dropout and gradients too; under nnx.jit")
+            "dropout, gradients and the chosen pooling too; under nnx.jit")
 
 
 def cnn(student_cls: Any, *, quiet: bool = False) -> Any:
     """Check the student's ``CNN`` class (its ``__call__``); return the class to use."""
     return run_check(
         "CNN.__call__", student_cls, _cnn.CNN, _check_cnn,
-        "max_pool(nnx.relu(self.bn1(self.conv1(x)))), the same with conv2/bn2, "
+        "self.pool(nnx.relu(self.bn1(self.conv1(x))), 2), the same with conv2/bn2, "
         "x.reshape(x.shape[0], -1), self.dropout(nnx.relu(self.dense1(x))), then "
         "self.dense2(x) with no activation.",
         quiet=quiet,
