@@ -7,10 +7,11 @@ The same network in both (conv 3x3 -> BatchNorm -> ReLU -> 2x2 max-pool, twice, 
 -> ReLU -> dropout -> dense; lesson 05's sizes by default), the same AdamW (learning rate
 1e-3, weight decay 1e-4) and batch size, on MNIST-shaped random data held on the device.
 Each JAX step is ``utils.training``'s jitted step (batch taken by index on the device, the
-model in train mode: batch statistics and dropout). As in ``mlp_throughput.py``, the variants
-run INTERLEAVED (every round times each once; the median over rounds is reported), and
-compilation / the first steps happen in a warm-up reported apart. No ``lax.scan`` variant: on
-CPUs a CNN epoch as one scan is much slower than a step loop (see FIELD_NOTES).
+model in train mode: batch statistics and dropout). As in ``mlp_throughput.py`` (both use
+``common.py``), the variants run INTERLEAVED (every round times each once; the median over
+rounds is reported), and compilation / the first steps happen in a warm-up reported apart.
+No ``lax.scan`` variant: on CPUs a CNN epoch as one scan is much slower than a step loop
+(see FIELD_NOTES).
 
 PyTorch is optional (``pip install torch==2.13.0`` gives a CPU build); it runs on the GPU
 when JAX does and CUDA is available to it, else on the CPU with ``torch.set_num_threads``
@@ -31,8 +32,8 @@ sys.path.insert(0, str(HERE))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
+from common import measure, print_rates, torch_device, torch_step_loop, usable_cores  # noqa: E402
 from flax import nnx  # noqa: E402
-from mlp_throughput import measure, usable_cores  # noqa: E402
 
 from utils import cnn, training  # noqa: E402
 
@@ -73,10 +74,7 @@ def torch_variant(steps: int, batch_size: int, channels: tuple[int, int], hidden
     import torch
     from torch import nn
 
-    use_cuda = jax.default_backend() == "gpu" and torch.cuda.is_available()
-    device = torch.device("cuda" if use_cuda else "cpu")
-    if not use_cuda:
-        torch.set_num_threads(threads)
+    device, where = torch_device(threads)
     torch.manual_seed(seed)
     c1, c2 = channels
     model = nn.Sequential(
@@ -96,23 +94,8 @@ def torch_variant(steps: int, batch_size: int, channels: tuple[int, int], hidden
                            dtype=torch.uint8).to(device)
     labels = torch.randint(0, 10, (n,), generator=generator).to(device)
     batches = torch.randperm(n, generator=generator).reshape(steps, batch_size).to(device)
-    loss_fn = nn.CrossEntropyLoss()
-
-    def run() -> None:
-        for idx in batches:
-            x, y = images[idx].float() / 255, labels[idx]
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss = loss_fn(logits, y)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                (logits.argmax(dim=1) == y).float().mean()
-        if use_cuda:
-            torch.cuda.synchronize()
-
-    where = (f"PyTorch {torch.__version__} eager on {device}"
-             + ("" if use_cuda else f", torch.set_num_threads({threads})"))
+    run = torch_step_loop(model, optimizer, images, labels, batches,
+                          prepare=lambda x: x.float() / 255)
     return {"pytorch eager": run}, where
 
 
@@ -162,14 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             variants.update(torch_runs)
 
     warmup, median = measure(variants, args.rounds, max(args.pause, 0.0))
-    examples = args.steps * args.batch_size
-    rate = {name: examples / seconds for name, seconds in median.items()}
-    for name in variants:
-        print(f"{name}: {rate[name]:.0f} examples/s (median of {args.rounds} rounds; "
-              f"warm-up incl. compile {warmup[name]:.2f} s)")
-    if "pytorch eager" in rate:
-        print(f"ratio jax step loop / pytorch eager: "
-              f"{rate['jax step loop'] / rate['pytorch eager']:.2f}x")
+    print_rates(list(variants), warmup, median, args.rounds, args.steps * args.batch_size,
+                [("jax step loop", "pytorch eager")])
     return 0
 
 

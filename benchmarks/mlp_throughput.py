@@ -19,32 +19,24 @@ it, else on the CPU with ``torch.set_num_threads`` set to the number of usable c
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone, too
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a clone, too
+sys.path.insert(0, str(HERE))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
+from common import measure, print_rates, torch_device, torch_step_loop, usable_cores  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from utils import training  # noqa: E402
 
 LAYERS = (784, 512, 512, 10)
 LEARNING_RATE = 1e-3
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (the affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return os.cpu_count() or 1
 
 
 def make_data(num_examples: int, seed: int = 0) -> tuple[jax.Array, jax.Array]:
@@ -89,10 +81,7 @@ def torch_variant(steps: int, batch_size: int, threads: int,
     import torch
     from torch import nn
 
-    use_cuda = jax.default_backend() == "gpu" and torch.cuda.is_available()
-    device = torch.device("cuda" if use_cuda else "cpu")
-    if not use_cuda:
-        torch.set_num_threads(threads)
+    device, where = torch_device(threads)
     torch.manual_seed(seed)
     layers: list[nn.Module] = [nn.Flatten()]
     for i, (din, dout) in enumerate(zip(LAYERS[:-1], LAYERS[1:], strict=True)):
@@ -111,47 +100,7 @@ def torch_variant(steps: int, batch_size: int, threads: int,
     labels = torch.randint(0, LAYERS[-1], (num_examples,), generator=generator).to(device)
     batches = torch.randperm(steps * batch_size, generator=generator).reshape(steps, batch_size)
     batches = batches.to(device)
-    loss_fn = nn.CrossEntropyLoss()
-
-    def run() -> None:
-        for idx in batches:
-            x, y = images[idx], labels[idx]
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss = loss_fn(logits, y)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                (logits.argmax(dim=1) == y).float().mean()
-        if use_cuda:
-            torch.cuda.synchronize()
-
-    where = (f"PyTorch {torch.__version__} eager on {device}"
-             + ("" if use_cuda else f", torch.set_num_threads({threads})"))
-    return {"pytorch eager": run}, where
-
-
-def measure(variants: dict[str, Callable[[], None]], rounds: int,
-            pause: float = 0.0) -> tuple[dict[str, float], dict[str, float]]:
-    """Warm each variant up once, then ``rounds`` interleaved rounds.
-
-    ``pause`` seconds of idling before each timed run let the previous library's worker
-    threads go to sleep (busy-waiting threads would steal cores from the next variant).
-    Returns ``(warm-up seconds, median seconds per run)`` per variant.
-    """
-    warmup = {}
-    for name, run in variants.items():
-        start = time.perf_counter()
-        run()
-        warmup[name] = time.perf_counter() - start
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, run in variants.items():
-            time.sleep(pause)
-            start = time.perf_counter()
-            run()
-            samples[name].append(time.perf_counter() - start)
-    return warmup, {name: statistics.median(s) for name, s in samples.items()}
+    return {"pytorch eager": torch_step_loop(model, optimizer, images, labels, batches)}, where
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,16 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             variants.update(torch_runs)
 
     warmup, median = measure(variants, args.rounds, max(args.pause, 0.0))
-    examples = args.steps * args.batch_size
-    rate = {name: examples / seconds for name, seconds in median.items()}
-    for name in variants:
-        print(f"{name}: {rate[name]:.0f} examples/s (median of {args.rounds} rounds; "
-              f"warm-up incl. compile {warmup[name]:.2f} s)")
-    pairs = [("jax lax.scan", "jax step loop")]
-    if "pytorch eager" in rate:
-        pairs = [("jax step loop", "pytorch eager"), ("jax lax.scan", "pytorch eager"), *pairs]
-    for a, b in pairs:
-        print(f"ratio {a} / {b}: {rate[a] / rate[b]:.2f}x")
+    print_rates(list(variants), warmup, median, args.rounds, args.steps * args.batch_size,
+                [("jax step loop", "pytorch eager"), ("jax lax.scan", "pytorch eager"),
+                 ("jax lax.scan", "jax step loop")])
     return 0
 
 
