@@ -170,7 +170,8 @@ def max_pool(x: jax.Array, window: int = 2, stride: int | None = None) -> jax.Ar
     Without overlap the windows tile the (cropped) image, so the batch is reshaped to
     ``(N, OH, window, OW, window, C)`` and reduced with ``jnp.max``. Its gradient is
     elementwise (a comparison with the maximum: no scatter); where a window holds several
-    equal maxima it is shared among them, where ``reduce_window``'s goes to one. Overlapping windows (``stride != window``) use ``reduce_window``.
+    equal maxima it is shared among them, where ``reduce_window``'s goes to one.
+    Overlapping windows (``stride != window``) use ``reduce_window``.
     """
     stride = window if stride is None else stride
     if stride != window:
