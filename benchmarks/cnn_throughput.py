@@ -32,7 +32,16 @@ sys.path.insert(0, str(HERE))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
-from common import measure, print_rates, torch_device, torch_step_loop, usable_cores  # noqa: E402
+from common import (  # noqa: E402
+    add_run_arguments,
+    add_torch_variant,
+    check_at_least_one,
+    device_line,
+    measure,
+    print_rates,
+    torch_device,
+    torch_step_loop,
+)
 from flax import nnx  # noqa: E402
 
 from utils import cnn, training  # noqa: E402
@@ -101,48 +110,28 @@ def torch_variant(steps: int, batch_size: int, channels: tuple[int, int], hidden
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=50, help="train steps per round")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median)")
-    parser.add_argument("--batch-size", type=int, default=128)
+    add_run_arguments(parser, steps=50)
     parser.add_argument("--channels", type=int, nargs=2, default=(24, 48),
                         help="channels of the two conv layers (default: lesson 05's 24 48)")
     parser.add_argument("--hidden", type=int, default=128, help="dense layer width")
     parser.add_argument("--dropout", type=float, default=0.25)
-    parser.add_argument("--threads", type=int, default=usable_cores(),
-                        help="torch.set_num_threads on CPU (default: usable cores)")
-    parser.add_argument("--pause", type=float, default=0.5,
-                        help="seconds idle before each timed run (default 0.5)")
-    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     args = parser.parse_args(argv)
-    for name in ("steps", "rounds", "batch_size", "threads", "hidden"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    check_at_least_one(parser, args, ("steps", "rounds", "batch_size", "threads", "hidden"))
     if min(args.channels) < 1:
         parser.error("--channels must be two positive numbers")
     if not 0 <= args.dropout < 1:
         parser.error("--dropout must be in [0, 1)")
 
     channels = tuple(args.channels)
-    d = jax.devices()[0]
-    print(f"device: {d.platform}:{d.id} {d.device_kind}; {usable_cores()} usable CPU cores; "
-          f"JAX {jax.__version__}")
+    print(device_line())
     print(f"config: CNN conv{channels[0]}-pool-conv{channels[1]}-pool-{args.hidden}-10 with "
           f"BatchNorm and dropout {args.dropout:g}, AdamW, batch {args.batch_size}, "
           f"{args.steps} steps per round, {args.rounds} rounds, interleaved, "
           f"{args.pause:g} s pause before each run")
     sizes = (args.steps, args.batch_size, channels, args.hidden, args.dropout)
     variants = jax_variant(*sizes)
-    if args.no_torch:
-        print("pytorch: skipped (--no-torch); JAX only")
-    else:
-        try:
-            torch_runs, where = torch_variant(*sizes, args.threads)
-        except ImportError:
-            print("pytorch: not installed (pip install torch==2.13.0 for a CPU build); "
-                  "JAX only")
-        else:
-            print(f"pytorch: {where}")
-            variants.update(torch_runs)
+    add_torch_variant(variants, args.no_torch, lambda: torch_variant(*sizes, args.threads),
+                      "JAX only")
 
     warmup, median = measure(variants, args.rounds, max(args.pause, 0.0))
     print_rates(list(variants), warmup, median, args.rounds, args.steps * args.batch_size,

@@ -6,6 +6,11 @@
   else the CPU with one thread per usable core) and a line that says so.
 - :func:`torch_step_loop`: ``steps`` PyTorch eager training steps as one callable, each
   taking its batch by index from data on the device, as the JAX variants do.
+- :func:`add_run_arguments`, :func:`check_at_least_one`: the command-line options both
+  scripts take (steps, rounds, batch size, PyTorch threads, pause, ``--no-torch``).
+- :func:`device_line`: the line that names the JAX device and the usable cores.
+- :func:`add_torch_variant`: PyTorch's variant added where it is installed and wanted, with
+  the line that says which.
 - :func:`print_rates`: the examples/s lines and the ratios between variants.
 
 PyTorch is imported only inside the functions that need it, so the JAX-only runs work
@@ -14,6 +19,7 @@ without it.
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import time
@@ -27,6 +33,54 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS, Windows
         return os.cpu_count() or 1
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
+    """The options of every benchmark: ``--steps`` (default ``steps``), ``--rounds``,
+    ``--batch-size``, ``--threads``, ``--pause`` and ``--no-torch``."""
+    parser.add_argument("--steps", type=int, default=steps, help="train steps per round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=usable_cores(),
+                        help="torch.set_num_threads on CPU (default: usable cores)")
+    parser.add_argument("--pause", type=float, default=0.5,
+                        help="seconds idle before each timed run (default 0.5)")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+
+
+def check_at_least_one(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                       names: Sequence[str]) -> None:
+    """Exit with a usage error (status 2) if any of ``args.<name>`` is below 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+
+
+def device_line() -> str:
+    """``device: cpu:0 cpu; 2 usable CPU cores; JAX 0.10.2`` for JAX's first device."""
+    import jax
+
+    d = jax.devices()[0]
+    return (f"device: {d.platform}:{d.id} {d.device_kind}; {usable_cores()} usable CPU cores; "
+            f"JAX {jax.__version__}")
+
+
+def add_torch_variant(variants: dict[str, Callable[[], None]], skip: bool,
+                      make: Callable[[], tuple[dict[str, Callable[[], None]], str]],
+                      without: str) -> None:
+    """Add PyTorch's variant(s) from ``make()`` to ``variants`` and print the line that says
+    where it runs; or, with ``skip`` or without PyTorch installed, print why not, ending
+    with ``without`` (what is compared instead)."""
+    if skip:
+        print(f"pytorch: skipped (--no-torch); {without}")
+        return
+    try:
+        runs, where = make()
+    except ImportError:
+        print(f"pytorch: not installed (pip install torch==2.13.0 for a CPU build); {without}")
+        return
+    print(f"pytorch: {where}")
+    variants.update(runs)
 
 
 def measure(variants: dict[str, Callable[[], None]], rounds: int,

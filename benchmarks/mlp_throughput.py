@@ -30,7 +30,16 @@ sys.path.insert(0, str(HERE))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
-from common import measure, print_rates, torch_device, torch_step_loop, usable_cores  # noqa: E402
+from common import (  # noqa: E402
+    add_run_arguments,
+    add_torch_variant,
+    check_at_least_one,
+    device_line,
+    measure,
+    print_rates,
+    torch_device,
+    torch_step_loop,
+)
 from flax import nnx  # noqa: E402
 
 from utils import training  # noqa: E402
@@ -105,37 +114,18 @@ def torch_variant(steps: int, batch_size: int, threads: int,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200, help="train steps per round")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=usable_cores(),
-                        help="torch.set_num_threads on CPU (default: usable cores)")
-    parser.add_argument("--pause", type=float, default=0.5,
-                        help="seconds idle before each timed run (default 0.5)")
-    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    add_run_arguments(parser, steps=200)
     args = parser.parse_args(argv)
-    for name in ("steps", "rounds", "batch_size", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    check_at_least_one(parser, args, ("steps", "rounds", "batch_size", "threads"))
 
-    d = jax.devices()[0]
-    print(f"device: {d.platform}:{d.id} {d.device_kind}; {usable_cores()} usable CPU cores; "
-          f"JAX {jax.__version__}")
+    print(device_line())
     print(f"config: MLP {'-'.join(map(str, LAYERS))}, Adam, batch {args.batch_size}, "
           f"{args.steps} steps per round, {args.rounds} rounds, interleaved, "
           f"{args.pause:g} s pause before each run")
     variants = jax_variants(args.steps, args.batch_size)
-    if args.no_torch:
-        print("pytorch: skipped (--no-torch); comparing the JAX variants only")
-    else:
-        try:
-            torch_runs, where = torch_variant(args.steps, args.batch_size, args.threads)
-        except ImportError:
-            print("pytorch: not installed (pip install torch==2.13.0 for a CPU build); "
-                  "comparing the JAX variants only")
-        else:
-            print(f"pytorch: {where}")
-            variants.update(torch_runs)
+    add_torch_variant(variants, args.no_torch,
+                      lambda: torch_variant(args.steps, args.batch_size, args.threads),
+                      "comparing the JAX variants only")
 
     warmup, median = measure(variants, args.rounds, max(args.pause, 0.0))
     print_rates(list(variants), warmup, median, args.rounds, args.steps * args.batch_size,
