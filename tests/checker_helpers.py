@@ -6,6 +6,10 @@ verdict line; these helpers do the common part.
 
 from __future__ import annotations
 
+import io
+import re
+import textwrap
+import tokenize
 from collections.abc import Callable
 from typing import Any
 
@@ -42,3 +46,54 @@ def expect_failed(capsys: Any, checker: Callable[[Any], Any], name: str, answer:
     assert "Hint:" in line and "continues with the reference" in line, line
     assert use is not answer
     return line
+
+
+# ----------------------------------------------------------------- hints never give code
+
+#: A hint may name a function (``jax.random.split`` is 5 tokens) but never write the call the
+#: student must write: it fails once it shares this many code tokens in a row with a solution.
+MAX_SHARED_TOKENS = 6
+
+_PROSE_TOKEN = re.compile(r"[A-Za-z_]\w*|\d+(?:\.\d+)?|==|!=|<=|>=|\*\*|//|->|[^\s\w]")
+
+
+def code_tokens(source: str) -> list[str]:
+    """The tokens of Python ``source`` without comments, strings and docstrings (names,
+    numbers, operators); prose that does not parse is split like code."""
+    try:
+        return [t.string for t in tokenize.generate_tokens(io.StringIO(source).readline)
+                if t.type in (tokenize.NAME, tokenize.NUMBER, tokenize.OP)]
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return prose_tokens(source)
+
+
+def prose_tokens(text: str) -> list[str]:
+    """``text`` split like code: names, numbers and operator characters."""
+    return _PROSE_TOKEN.findall(text)
+
+
+def longest_shared_run(a: list[str], b: list[str]) -> list[str]:
+    """The longest run of consecutive tokens found in both ``a`` and ``b``."""
+    best, end = 0, 0
+    previous = [0] * (len(b) + 1)
+    for i in range(1, len(a) + 1):
+        current = [0] * (len(b) + 1)
+        for j in range(1, len(b) + 1):
+            if a[i - 1] == b[j - 1]:
+                current[j] = previous[j - 1] + 1
+                if current[j] > best:
+                    best, end = current[j], i
+        previous = current
+    return a[end - best:end]
+
+
+def shared_code(text: str, solutions: list[str]) -> str:
+    """The longest code run ``text`` (a hint) shares with any of ``solutions``, if it is
+    :data:`MAX_SHARED_TOKENS` tokens or longer; else ``""``."""
+    words = prose_tokens(text)
+    worst: list[str] = []
+    for solution in solutions:
+        run = longest_shared_run(words, code_tokens(textwrap.dedent(solution)))
+        if len(run) > len(worst):
+            worst = run
+    return " ".join(worst) if len(worst) >= MAX_SHARED_TOKENS else ""

@@ -11,6 +11,7 @@ from utils import exercises
 from utils.exercises import (
     VERDICT_LINE,
     CheckFailed,
+    Hints,
     Verdict,
     compare_with_reference,
     evaluate,
@@ -75,7 +76,8 @@ def test_stub_is_not_attempted_and_the_reference_is_returned(capsys):
 
 @pytest.mark.parametrize(("error", "summary"), [
     (ZeroDivisionError("division by zero"), "ZeroDivisionError: division by zero"),
-    (TypeError("bad operand\nsecond line\nthird line"), "TypeError: bad operand"),
+    (TypeError("bad operand\nsecond line\nthird line"),
+     "TypeError: bad operand second line third line"),
     (KeyError("w"), "KeyError: 'w'"),
     (RuntimeError(), "RuntimeError"),
 ])
@@ -86,7 +88,7 @@ def test_other_exception_is_failed_in_one_line_without_traceback(capsys, error, 
     line, use = verdict(capsys, student)
     assert line.startswith("FAILED relu: for inputs of shape (1,), your function raised "
                            + summary)
-    assert "second line" not in line and "Traceback" not in line and 'File "' not in line
+    assert "\n" not in line and "Traceback" not in line and 'File "' not in line
     assert line.endswith(f"Hint: {HINT}. The lesson continues with the reference implementation.")
     assert use is reference_relu
 
@@ -139,6 +141,58 @@ def test_verdict_line_regex_rejects_other_lines(text):
 def test_summarize_error_shortens_long_messages():
     text = summarize_error(ValueError("x" * 500 + "\nmore"), limit=40)
     assert text == "ValueError: " + "x" * 37 + "..."
+
+
+def test_summarize_error_keeps_the_explanation_after_the_first_line():
+    # Library errors say what is wrong after their first line (shapes, specs): keep it, drop
+    # separators and the pointer to the docs.
+    error = ValueError("shard_map applied to the function 'f' was given out_specs which\n"
+                       "--------------------\n"
+                       "require replication which can't be statically inferred given the "
+                       "mesh: the axis 'data' of an output of shape (8, 3)\n"
+                       "See https://docs.jax.dev/en/latest/errors.html for more information.")
+    text = summarize_error(error)
+    assert text.startswith("ValueError: shard_map applied to the function 'f'")
+    assert "axis 'data' of an output of shape (8, 3)" in text
+    assert "-----" not in text and "https://" not in text and "\n" not in text
+
+
+# ----------------------------------------------------------------------------- hints
+
+TIERED = Hints(about="It practises ReLU; section 2 explains it.",
+               think="which values should stay as they are?",
+               closer="look at the sign of each entry")
+
+
+def _tiered_line(capsys, student, exercise="relu_tiered"):
+    run_check(exercise, student, reference_relu, check_relu, TIERED)
+    return capsys.readouterr().out.strip()
+
+
+def test_hints_come_in_tiers(capsys):
+    def blank(x):
+        raise NotImplementedError
+
+    def wrong(x):
+        return jnp.abs(x)
+
+    exercises._FAILED_BEFORE.discard("relu_tiered")
+    assert _tiered_line(capsys, blank) == (
+        "NOT ATTEMPTED relu_tiered: not written yet. It practises ReLU; section 2 explains it. "
+        "The lesson continues with the reference implementation.")
+    first = _tiered_line(capsys, wrong)
+    assert first.startswith("FAILED relu_tiered: output for inputs of shape")
+    assert "Hint: which values should stay as they are? The lesson continues" in first
+    second = _tiered_line(capsys, wrong)  # a later FAILED takes a closer look
+    assert "Hint: look at the sign of each entry. The lesson continues" in second
+    assert "which values" not in second
+    assert _tiered_line(capsys, reference_relu).startswith("PASSED relu_tiered:")
+
+
+def test_hints_must_say_something():
+    with pytest.raises(ValueError, match="Hints.about must say something"):
+        Hints(about=" ", think="x")
+    assert Hints(about="a", think="b").closer == ""  # then think is shown again
 
 
 # ---------------------------------------------------------------------------- comparisons
@@ -285,7 +339,7 @@ def test_expect_close_scalar_batched_and_exact_integers():
 
 
 def test_module_exports_what_lessons_use():
-    for name in ("CheckFailed", "compare_with_reference", "expect_array", "expect_close",
-                 "run_check", "summarize_error", "Verdict", "Result"):
+    for name in ("CheckFailed", "Hints", "compare_with_reference", "expect_array",
+                 "expect_close", "run_check", "summarize_error", "Verdict", "Result"):
         assert name in exercises.__all__ and hasattr(exercises, name)
     assert jax.config.jax_enable_x64 is False  # the dtypes above assume 32-bit defaults

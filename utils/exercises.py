@@ -5,10 +5,16 @@ exactly one line that starts with one of three verdicts::
 
     PASSED relu: matches the reference on 6 random inputs (shapes (1,) to (31, 7)); also under ...
     FAILED relu: output has shape (3,) but expected (3, 4). Hint: ... The lesson continues ...
-    NOT ATTEMPTED relu: not written yet. Hint: ... The lesson continues with the reference.
+    NOT ATTEMPTED relu: not written yet. ... The lesson continues with the reference ...
 
 It returns the function the rest of the lesson should use: the student's when it passed,
 the reference otherwise, so a notebook runs top to bottom with every exercise blank.
+
+What a checker says beyond the verdict comes in tiers (:class:`Hints`), and none of it is a
+line of the solution (``tests/test_hints.py`` enforces that for every checker and stub):
+NOT ATTEMPTED says what the exercise is for and where the lesson explains the idea; the
+first FAILED says what is wrong (from the check) and what to think about; a later FAILED
+of the same exercise takes a closer look, still without code.
 
 Lesson checkers (``utils/checks/lessonNN_*.py``) are built from :func:`run_check` and the
 comparison helpers below. Everything the student's code raises is caught and summarised in
@@ -31,6 +37,7 @@ import numpy as np
 
 __all__ = [
     "CheckFailed",
+    "Hints",
     "Result",
     "Verdict",
     "RECORD_VARIABLE",
@@ -50,10 +57,13 @@ VERDICT_LINE = re.compile(r"^(PASSED|FAILED|NOT ATTEMPTED) (\S+?):")
 #: text cannot forge; unset in ordinary use (nothing is written then).
 RECORD_VARIABLE = "COURSE_GRADE_RECORD"
 
-#: The last answer checked per exercise: (student_fn, reference_fn, check, hint), for
+#: The last answer checked per exercise: (student_fn, reference_fn, check, hints), for
 #: :func:`recheck_all`.
 _CHECKED: dict[str, tuple[Callable[..., Any], Callable[..., Any],
-                          Callable[[Callable[..., Any]], str], str]] = {}
+                          Callable[[Callable[..., Any]], str], Hints | str]] = {}
+#: Exercises that have FAILED at least once in this kernel: their next FAILED takes a closer
+#: look (:attr:`Hints.closer`).
+_FAILED_BEFORE: set[str] = set()
 
 _CONTINUES = "The lesson continues with the reference implementation."
 _UNDER_JIT = (" (it works without jax.jit, so it needs a concrete value where jax.jit has only "
@@ -64,6 +74,31 @@ class Verdict(enum.Enum):
     PASSED = "PASSED"
     FAILED = "FAILED"
     NOT_ATTEMPTED = "NOT ATTEMPTED"
+
+
+@dataclass(frozen=True)
+class Hints:
+    """What a checker tells a student beyond the verdict, in tiers. Never a line of the solution.
+
+    - ``about`` (with NOT ATTEMPTED): what the exercise is for and where in the lesson the
+      idea is explained ("Section 3 shows why ...").
+    - ``think`` (with the first FAILED, after what is wrong): what to think about.
+    - ``closer`` (with every later FAILED of the same exercise in this kernel): a closer look,
+      such as a property the right answer has or the page of the docs to read; still no code.
+      Empty means ``think`` again.
+
+    Each is one or two sentences. Name functions and ideas; never write the call the student
+    must write (``tests/test_hints.py`` rejects a run of code tokens shared with the solution).
+    """
+
+    about: str
+    think: str
+    closer: str = ""
+
+    def __post_init__(self) -> None:
+        for field in ("about", "think"):
+            if not _one_line(getattr(self, field)):
+                raise ValueError(f"Hints.{field} must say something; it is empty.")
 
 
 class CheckFailed(Exception):
@@ -83,13 +118,26 @@ class Result:
         return f"{self.verdict.value} {self.exercise}: {self.message}"
 
 
-def summarize_error(error: BaseException, limit: int = 160) -> str:
-    """``"TypeError: unsupported operand ..."``: the error's type and first line, shortened."""
-    text = str(error).strip().splitlines()
-    first = text[0].strip() if text else ""
-    if len(first) > limit:
-        first = first[: limit - 3] + "..."
-    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+#: Lines of library error messages that explain nothing about the student's code.
+_BOILERPLATE = re.compile(
+    r"^(-{5,}|={5,}|For simplicity, JAX has removed its internal frames.*"
+    r"|The stack trace below excludes JAX-internal frames.*"
+    r"|The preceding is the original exception.*|See https?://\S+ for more information.*)$")
+
+
+def summarize_error(error: BaseException, limit: int = 480) -> str:
+    """``"TypeError: unsupported operand ..."``: the error's type and message on one line.
+
+    The whole message is kept up to ``limit`` characters (library errors often explain the
+    bug after their first line: shapes, specs, the axis at fault); separator lines and
+    boilerplate about stack traces are dropped, and whitespace is collapsed.
+    """
+    lines = [line.strip() for line in str(error).strip().splitlines()]
+    text = " ".join(line for line in lines if line and not _BOILERPLATE.match(line))
+    text = _one_line(text)
+    if len(text) > limit:
+        text = text[: limit - 3].rstrip() + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _one_line(text: str) -> str:
@@ -101,7 +149,7 @@ def run_check(
     student_fn: Callable[..., Any],
     reference_fn: Callable[..., Any],
     check: Callable[[Callable[..., Any]], str],
-    hint: str,
+    hint: Hints | str,
     *,
     quiet: bool = False,
 ) -> Callable[..., Any]:
@@ -110,7 +158,8 @@ def run_check(
     ``check`` returns a short description of what it verified (used after ``PASSED``), or
     raises :class:`CheckFailed` with what is wrong. ``NotImplementedError`` from the
     student's code means NOT ATTEMPTED; any other exception means FAILED with a one-line
-    summary of the error. ``hint`` is one sentence shown with FAILED and NOT ATTEMPTED.
+    summary of the error. ``hint`` is a :class:`Hints` (the tiers shown with NOT ATTEMPTED,
+    a first FAILED and later ones); a plain string is shown in every tier.
     """
     result, use = evaluate(exercise, student_fn, reference_fn, check, hint)
     if not quiet:
@@ -123,14 +172,17 @@ def evaluate(
     student_fn: Callable[..., Any],
     reference_fn: Callable[..., Any],
     check: Callable[[Callable[..., Any]], str],
-    hint: str,
+    hint: Hints | str,
 ) -> tuple[Result, Callable[..., Any]]:
     """Like :func:`run_check` but returns ``(Result, function to use)`` and prints nothing.
 
     The verdict is also recorded (see :data:`RECORD_VARIABLE` and :func:`recheck_all`).
     """
     _CHECKED[exercise] = (student_fn, reference_fn, check, hint)
-    result, use = _evaluate(exercise, student_fn, reference_fn, check, hint)
+    result, use = _evaluate(exercise, student_fn, reference_fn, check, hint,
+                            failed_before=exercise in _FAILED_BEFORE)
+    if result.verdict is Verdict.FAILED:
+        _FAILED_BEFORE.add(exercise)
     _record(result, "check")
     return result, use
 
@@ -155,7 +207,8 @@ def recheck_all() -> dict[str, str]:
     verdicts = {}
     for exercise, (student_fn, reference_fn, check, hint) in list(_CHECKED.items()):
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            result, _ = _evaluate(exercise, student_fn, reference_fn, check, hint)
+            result, _ = _evaluate(exercise, student_fn, reference_fn, check, hint,
+                                  failed_before=False)
         _record(result, "recheck")
         verdicts[exercise] = result.verdict.value
     return verdicts
@@ -166,24 +219,34 @@ def _evaluate(
     student_fn: Callable[..., Any],
     reference_fn: Callable[..., Any],
     check: Callable[[Callable[..., Any]], str],
-    hint: str,
+    hint: Hints | str,
+    *,
+    failed_before: bool,
 ) -> tuple[Result, Callable[..., Any]]:
-    hint = _one_line(hint)
-    if hint and hint[-1] not in ".!?":
-        hint += "."
+    hints = hint if isinstance(hint, Hints) else Hints(about=hint, think=hint)
     try:
         what = check(student_fn)
     except NotImplementedError:
+        about = _sentence(hints.about)
+        if isinstance(hint, str):
+            about = f"Hint: {about}"
         return Result(exercise, Verdict.NOT_ATTEMPTED,
-                      f"not written yet. Hint: {hint} {_CONTINUES}"), reference_fn
+                      f"not written yet. {about} {_CONTINUES}"), reference_fn
     except CheckFailed as wrong:
-        return Result(exercise, Verdict.FAILED,
-                      f"{_one_line(str(wrong))} Hint: {hint} {_CONTINUES}"), reference_fn
+        wrong_text = _one_line(str(wrong))
     except Exception as error:  # the student's code raised: summarise, never a traceback
-        return Result(exercise, Verdict.FAILED,
-                      f"your function raised {_one_line(summarize_error(error))}. "
-                      f"Hint: {hint} {_CONTINUES}"), reference_fn
-    return Result(exercise, Verdict.PASSED, _one_line(what)), student_fn
+        wrong_text = f"your function raised {_sentence(summarize_error(error))}"
+    else:
+        return Result(exercise, Verdict.PASSED, _one_line(what)), student_fn
+    think = _sentence(hints.closer if failed_before and hints.closer else hints.think)
+    return Result(exercise, Verdict.FAILED,
+                  f"{wrong_text} Hint: {think} {_CONTINUES}"), reference_fn
+
+
+def _sentence(text: str) -> str:
+    """``text`` on one line, ending with a full stop (or ! or ?)."""
+    text = _one_line(text)
+    return text + "." if text and text[-1] not in ".!?" else text
 
 
 def expect_array(value: Any, shape: Sequence[int], dtype: Any, what: str = "output") -> np.ndarray:
