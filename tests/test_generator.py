@@ -317,13 +317,17 @@ def test_notebook_problems_are_detected(tmp_path):
 
 
 # ---------------------------------------------------------------------------- the Colab cell
+# What the cell's set-up does on Colab (keep or upgrade JAX) is tested in tests/test_colab.py
+# and, on a replica of Colab's package set, by tools/test_colab.sh.
 
 @pytest.fixture
-def colab_cell(monkeypatch, tmp_path):
-    """Runs the Colab cell's source in ``tmp_path``; subprocess.run only records calls."""
+def colab_cell(monkeypatch):
+    """Runs the Colab cell's source; subprocess.run and utils.colab.set_up only record calls."""
+    from utils import colab
+
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: calls.append((args, kwargs)))
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(colab, "set_up", lambda source: calls.append(("set_up", source)))
 
     def run():
         exec(compile(gen.colab_cell_source(SETTINGS), "<colab cell>", "exec"), {})
@@ -332,24 +336,28 @@ def colab_cell(monkeypatch, tmp_path):
     return run
 
 
-def test_colab_cell_does_nothing_outside_colab(colab_cell, monkeypatch, tmp_path):
+def test_colab_cell_does_nothing_outside_colab(colab_cell, monkeypatch):
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
     assert colab_cell() == []
-    assert list(tmp_path.iterdir()) == []
 
 
-def test_colab_cell_pins_colab_jax_and_installs_the_course(colab_cell, monkeypatch, tmp_path):
+def test_colab_cell_installs_the_course_alone_then_sets_up(colab_cell, monkeypatch):
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.delenv("COURSE_INSTALL_SOURCE", raising=False)
     calls = colab_cell()
-
-    pins = (tmp_path / "colab_pins.txt").read_text().splitlines()
-    assert f"jax=={importlib.metadata.version('jax')}" in pins
-    assert f"jaxlib=={importlib.metadata.version('jaxlib')}" in pins
-    assert all("==" in pin for pin in pins)
-    assert len(calls) == 1
+    source = f"jax-gpu-course @ git+{REPOSITORY}@{BRANCH}"
+    assert len(calls) == 2
     (command,), kwargs = calls[0]
-    assert command[:4] == [sys.executable, "-m", "pip", "install"]
-    assert command[command.index("-c") + 1] == "colab_pins.txt"
-    assert command[-1] == f"jax-gpu-course @ git+{REPOSITORY}@{BRANCH}"
-    assert "-U" not in command and "--upgrade" not in command
+    # The course's code only (no dependencies, so nothing of Colab's changes yet) ...
+    assert command == [sys.executable, "-m", "pip", "install", "-q", "--no-deps", source]
     assert kwargs.get("check") is True
+    # ... then utils.colab decides what else to install, in one pip call.
+    assert calls[1] == ("set_up", source)
+
+
+def test_colab_cell_takes_the_install_source_from_the_environment(colab_cell, monkeypatch):
+    """Only the tests set it (a local checkout instead of the repository URL)."""
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setenv("COURSE_INSTALL_SOURCE", "/tmp/checkout")
+    calls = colab_cell()
+    assert calls[0][0][0][-1] == "/tmp/checkout" and calls[1] == ("set_up", "/tmp/checkout")

@@ -42,24 +42,24 @@ COLAB_CELL_ID = "colab-setup"
 DEFAULT_HINT = "replace this line with your solution"
 
 COLAB_CELL = '''\
-# Colab set-up: on Google Colab this installs the course helpers, keeping Colab's own
-# jax, jaxlib and CUDA packages exactly as they are. Elsewhere it does nothing.
+# Colab set-up: on Google Colab this installs the course helpers and, when Colab's own JAX
+# is older than the course needs, the course's tested JAX stack (utils/colab.py says how).
+# Elsewhere it does nothing.
 import sys
 
 if "google.colab" in sys.modules:
-    import importlib.metadata
+    import importlib
+    import os
     import subprocess
 
-    def colab_owns(name):  # JAX, jaxlib, their CUDA plugins and the CUDA libraries
-        name = (name or "").lower().replace("_", "-")
-        return name in ("jax", "jaxlib") or name.startswith(("jax-cuda", "nvidia-"))
+    source = os.environ.get("COURSE_INSTALL_SOURCE",
+                            "jax-gpu-course @ git+{repository}@{branch}")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", source],
+                   check=True)
+    importlib.invalidate_caches()
+    from utils import colab
 
-    keep = sorted({f"{d.metadata['Name']}=={d.version}"
-                   for d in importlib.metadata.distributions() if colab_owns(d.metadata["Name"])})
-    with open("colab_pins.txt", "w") as pins:
-        pins.write("\\n".join(keep) + "\\n")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "colab_pins.txt",
-                    "jax-gpu-course @ git+{repository}@{branch}"], check=True)'''
+    colab.set_up(source)'''
 
 
 def course_settings(pyproject: Path = ROOT / "pyproject.toml") -> dict[str, str]:

@@ -8,6 +8,7 @@ devices, GPU memory settings) before JAX starts. Import the modules you need by 
 Modules (and the lesson that introduces each):
 
 - ``environment``: where am I running, which devices, version report, device set-up (00).
+- ``colab``: the set-up every notebook's first cell runs on Google Colab (00).
 - ``timing``: the one benchmark helper of the course (01).
 - ``data``: MNIST and Fashion-MNIST loaders with verified, cached downloads (00, used from 04).
 - ``plotting``: image grids, measurement plots, speed-up bars, rooflines (01).
@@ -27,7 +28,7 @@ Modules (and the lesson that introduces each):
 """
 
 __all__ = [
-    "checks", "cnn", "data", "environment", "errors", "exercises", "grading", "introspection",
-    "parallel", "pipeline", "plotting", "precision", "profiling", "robustness", "sizing",
-    "timing", "training",
+    "checks", "cnn", "colab", "data", "environment", "errors", "exercises", "grading",
+    "introspection", "parallel", "pipeline", "plotting", "precision", "profiling",
+    "robustness", "sizing", "timing", "training",
 ]
