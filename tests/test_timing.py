@@ -267,3 +267,55 @@ def test_table_of_nothing_is_just_the_header():
     assert table([]).splitlines()[0].split() == ["name", "median", "IQR", "first", "call",
                                                  "device"]
     assert len(table([]).splitlines()) == 2
+
+
+# ----------------------------------------------------------------------------- interleaved
+
+def test_interleaved_times_whole_runs_in_alternating_rounds(monkeypatch):
+    order = []
+
+    def variant(label):
+        def run():
+            order.append(label)
+            return jnp.ones(3) * len(order)
+        return run
+
+    result = timing.interleaved({"a": variant("a"), "b": variant("b")}, rounds=3)
+    # one warm-up each, then a b, a b, a b: a slowing machine slows both alike
+    assert order == ["a", "b"] + ["a", "b"] * 3
+    assert set(result) == {"a", "b"}
+    for label, t in result.items():
+        assert t.name == label and t.number == 1 and len(t.times_s) == 3
+        assert t.first_call_s > 0 and all(x > 0 for x in t.times_s)
+        assert t.device.startswith("cpu:0")
+
+
+def test_interleaved_waits_once_on_each_run_s_result_inside_the_clock(monkeypatch):
+    waited, clock = [], []
+    real_wait = jax.block_until_ready
+    real_clock = timing.time.perf_counter
+
+    def wait(tree):
+        waited.append(tree)
+        clock.append("wait")
+        return real_wait(tree)
+
+    def tick():
+        clock.append("tick")
+        return real_clock()
+
+    monkeypatch.setattr(jax, "block_until_ready", wait)
+    monkeypatch.setattr(timing.time, "perf_counter", tick)
+    results = iter(range(100))
+    timing.interleaved({"loop": lambda: {"state": jnp.ones(2) * next(results)}}, rounds=2)
+    # warm-up + 2 rounds: one wait per run, on the very tree the run returned
+    assert [float(w["state"][0]) for w in waited] == [0.0, 1.0, 2.0]
+    # each wait falls between the two clock readings of its run
+    assert clock[:3] == ["tick", "wait", "tick"] and clock[-3:] == ["tick", "wait", "tick"]
+
+
+@pytest.mark.parametrize(("variants", "rounds", "message"), [
+    ({}, 3, "variants is empty"), ({"a": lambda: 1}, 0, "rounds must be at least 1")])
+def test_interleaved_rejects_bad_input(variants, rounds, message):
+    with pytest.raises(ValueError, match=message):
+        timing.interleaved(variants, rounds=rounds)

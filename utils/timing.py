@@ -16,6 +16,17 @@ Example::
     t = benchmark(jnp.dot, a, b, name="matmul 1024")
     print(t)                  # one readable line
     t.median_s, t.per_second(2 * 1024**3)   # numbers to tabulate or plot
+
+:func:`benchmark` waits after every call: right for one operation, wrong for a training
+step, where a real loop queues step after step and waits once (on a GPU, waiting after each
+step measures dispatch plus synchronisation, not throughput). For loops, and for comparing
+variants fairly, :func:`interleaved` times whole runs (each waits once, at its end) of
+several variants in alternating rounds, so a machine that slows down mid-way slows all of
+them alike::
+
+    loops = interleaved({"reshape pool": lambda: run(step_a, 50),
+                         "reduce_window pool": lambda: run(step_b, 50)}, rounds=5)
+    loops["reshape pool"].per_second(50 * batch_size)   # examples/s, median of 5 runs
 """
 
 from __future__ import annotations
@@ -23,11 +34,11 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Timing", "benchmark", "format_seconds", "table"]
+__all__ = ["Timing", "benchmark", "format_seconds", "interleaved", "table"]
 
 
 def format_seconds(seconds: float) -> str:
@@ -171,6 +182,42 @@ def benchmark(
 
     label = name if name is not None else getattr(fn, "__name__", type(fn).__name__)
     return Timing(label, _device_name(out), first_call_s, tuple(samples), number)
+
+
+def interleaved(
+    variants: Mapping[str, Callable[[], Any]], *, rounds: int = 5
+) -> dict[str, Timing]:
+    """Time whole runs of several variants back to back, in ``rounds`` alternating rounds.
+
+    Each variant is a callable doing one run (say, a loop of 50 training steps) and
+    returning its result; the clock stops after one ``jax.block_until_ready`` on that result,
+    so the steps inside queue up as they would in real training. Every variant is warmed up
+    once first (compilation; its time is ``first_call_s``), then round after round each
+    variant runs once in turn: A B C, A B C, ... Returns one :class:`Timing` per variant whose
+    ``times_s`` are its per-run times (``number`` is 1): divide the work of one run by
+    ``median_s`` (``per_second``) for a rate.
+    """
+    import jax
+
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}.")
+    if not variants:
+        raise ValueError("variants is empty: give at least one {name: callable} to time.")
+    first: dict[str, float] = {}
+    devices: dict[str, str] = {}
+    for label, run in variants.items():
+        start = time.perf_counter()
+        out = jax.block_until_ready(run())
+        first[label] = time.perf_counter() - start
+        devices[label] = _device_name(out)
+    samples: dict[str, list[float]] = {label: [] for label in variants}
+    for _ in range(rounds):
+        for label, run in variants.items():
+            start = time.perf_counter()
+            jax.block_until_ready(run())
+            samples[label].append(time.perf_counter() - start)
+    return {label: Timing(label, devices[label], first[label], tuple(samples[label]), 1)
+            for label in variants}
 
 
 def table(results: Iterable[Timing]) -> str:
