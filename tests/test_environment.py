@@ -250,3 +250,17 @@ def test_report_looks_for_both_cuda_plugins():
     assert {"jax-cuda12-plugin", "jax-cuda13-plugin"} <= set(environment.REPORTED_PACKAGES)
     found = environment.versions()
     assert "jax-cuda12-plugin" in found and "jax-cuda13-plugin" in found
+
+
+# ----------------------------------------------------------------------- compute_capability
+
+def test_compute_capability_of_the_cpu_is_none():
+    assert environment.compute_capability() is None
+
+
+@pytest.mark.parametrize(("platform", "value", "expected"), [
+    ("gpu", "7.5", (7, 5)), ("gpu", "9.0", (9, 0)), ("gpu", "gfx90a", None),
+    ("gpu", "", None), ("cpu", "8.0", None), ("tpu", None, None)])
+def test_compute_capability_reads_the_device(platform, value, expected):
+    device = types.SimpleNamespace(platform=platform, compute_capability=value)
+    assert environment.compute_capability(device) == expected

@@ -18,6 +18,7 @@ from typing import Any
 __all__ = [
     "RestartKernelError",
     "accelerator",
+    "compute_capability",
     "configure_gpu_memory",
     "device_summary",
     "in_colab",
@@ -141,6 +142,27 @@ def accelerator() -> str:
     import jax
 
     return jax.default_backend()
+
+
+def compute_capability(device: Any = None) -> tuple[int, int] | None:
+    """An NVIDIA GPU's compute capability, e.g. ``(7, 5)`` for a T4; None on other devices.
+
+    What a GPU can do follows from it (NVIDIA's CUDA programming guide, "Compute
+    Capabilities"): 7.5 (T4) has float16 tensor cores but none for bfloat16 or TF32; 8.0
+    (A100) and 8.9 (L4) add bfloat16 and TF32; 9.0 (H100) adds float8. A cell that needs a
+    newer GPU checks this and says why it skips. ``device`` defaults to ``jax.devices()[0]``
+    (starts JAX).
+    """
+    import jax
+
+    device = jax.devices()[0] if device is None else device
+    if getattr(device, "platform", None) != "gpu":
+        return None
+    value = str(getattr(device, "compute_capability", "") or "")
+    parts = value.split(".")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None  # a GPU that is not NVIDIA's (ROCm reports e.g. "gfx90a")
+    return int(parts[0]), int(parts[1])
 
 
 def device_summary() -> str:
