@@ -118,8 +118,11 @@ def test_set_up_upgrades_in_one_pip_call_and_says_why(fake_runtime, capsys):
     chosen = colab.set_up(SOURCE)
     assert chosen.action == "upgrade"
     assert len(calls) == 1 and calls[0][:4] == [sys.executable, "-m", "pip", "install"]
+    assert "--root-user-action=ignore" in calls[0]  # Colab runs pip as root: no warning
     assert calls[0][-1] == SOURCE and "jax[cuda12]==0.10.2" in calls[0]
-    assert json.loads(log.read_text())["command"] == calls[0]
+    logged = json.loads(log.read_text())
+    assert logged["command"] == calls[0] and logged["action"] == "upgrade"
+    assert logged["seconds"] >= 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("Colab set-up: Colab's JAX 0.7.2 is older than the course needs "
                              "(JAX >= 0.10.2), so installed the course's tested stack "

@@ -349,7 +349,8 @@ def test_colab_cell_installs_the_course_alone_then_sets_up(colab_cell, monkeypat
     assert len(calls) == 2
     (command,), kwargs = calls[0]
     # The course's code only (no dependencies, so nothing of Colab's changes yet) ...
-    assert command == [sys.executable, "-m", "pip", "install", "-q", "--no-deps", source]
+    assert command == [sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                       "--root-user-action=ignore", source]
     assert kwargs.get("check") is True
     # ... then utils.colab decides what else to install, in one pip call.
     assert calls[1] == ("set_up", source)

@@ -54,8 +54,8 @@ if "google.colab" in sys.modules:
 
     source = os.environ.get("COURSE_INSTALL_SOURCE",
                             "jax-gpu-course @ git+{repository}@{branch}")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", source],
-                   check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--root-user-action=ignore", source], check=True)
     importlib.invalidate_caches()
     from utils import colab
 

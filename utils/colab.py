@@ -182,11 +182,12 @@ def gpu_name() -> str | None:
     return names[0] if names else None
 
 
-def _log(command: list[str], chosen: Plan) -> None:
+def _log(command: list[str], chosen: Plan, seconds: float) -> None:
     path = os.environ.get(LOG_VARIABLE)
     if path:
+        entry = {"action": chosen.action, "command": command, "seconds": round(seconds, 1)}
         with open(path, "a", encoding="utf-8") as log:
-            log.write(json.dumps({"action": chosen.action, "command": command}) + "\n")
+            log.write(json.dumps(entry) + "\n")
 
 
 def set_up(course_source: str) -> Plan:
@@ -203,10 +204,11 @@ def set_up(course_source: str) -> Plan:
         pins = os.path.join(tmp, "colab_pins.txt")
         with open(pins, "w", encoding="utf-8") as f:
             f.write("\n".join(chosen.constraints) + "\n")
-        command = [sys.executable, "-m", "pip", "install", *chosen.pip_arguments(pins)]
-        _log(command, chosen)
+        command = [sys.executable, "-m", "pip", "install", "--root-user-action=ignore",
+                   *chosen.pip_arguments(pins)]
         subprocess.run(command, check=True)
     seconds = time.monotonic() - start
+    _log(command, chosen, seconds)
     if chosen.action == "keep":
         print(f"Colab set-up: kept Colab's JAX {chosen.colab_jax} and its CUDA packages (the "
               f"course needs JAX >= {chosen.floor}) and installed the course in {seconds:.0f} s.")
