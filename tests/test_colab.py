@@ -160,3 +160,46 @@ def test_colab_module_imports_no_jax():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("JAX_cuda12.Plugin", "jax-cuda12-plugin"), ("orbax_checkpoint", "orbax-checkpoint"),
+    ("jax", "jax"), ("", "")])
+def test_normal_name(name, expected):
+    assert colab.normal_name(name) == expected
+
+
+# ---------------------------------------------------------------- tools/colab_leg.py (the CI leg)
+
+def _colab_leg():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("colab_leg", ROOT / "tools" / "colab_leg.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_colab_leg_counts_what_pip_downloaded():
+    log = "\n".join([
+        "2026-12-02T06:46:03,337   Downloading jaxlib-0.10.2-cp313-cp313-manylinux_2_27_x86_64"
+        ".whl (85.5 MB)",
+        "2026-12-02T06:46:03,400   Downloading jax-0.10.2-py3-none-any.whl.metadata (12.3 kB)",
+        "2026-12-02T06:46:03,500   Downloading tiny-1.0-py3-none-any.whl (900 bytes)",
+        "2026-12-02T06:46:03,600 Collecting jax==0.10.2"])
+    metadata, whole, megabytes = _colab_leg().downloads(log)
+    assert (metadata, whole) == (1, 2)
+    assert megabytes == pytest.approx(85.5 + 0.0123 + 0.0009)
+
+
+def test_colab_leg_replica_pins_colab_s_published_versions():
+    """The replica's versions are the ones the issue and README quote (2026-08-19 list)."""
+    pins = dict(line.split("==", 1) for line in
+                (ROOT / "requirements" / "colab-gpu.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    assert {name: pins[name] for name in ("jax", "jaxlib", "flax", "optax", "numpy",
+                                          "ipykernel", "pip")} == {
+        "jax": "0.7.2", "jaxlib": "0.7.2", "flax": "0.11.2", "optax": "0.2.8",
+        "numpy": "2.1.3", "ipykernel": "6.17.1", "pip": "24.1.2"}
+    leg = _colab_leg()
+    assert set(leg.REPLICA_PACKAGES) <= set(pins), "every replica package has Colab's pin"

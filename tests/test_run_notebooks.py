@@ -1,4 +1,4 @@
-"""tools/run_notebooks.py and tools/test_newest.sh: the newest-JAX leg's runner and launcher."""
+"""tools/run_notebooks.py, and the launchers of the newest-JAX and Colab legs."""
 
 from __future__ import annotations
 
@@ -92,3 +92,23 @@ def test_newest_leg_is_skipped_in_one_line_without_python_312(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "newest-JAX leg skipped: no Python >= 3.12 here (set NEWEST_PYTHON=/path/to/python3.12)"]
+
+
+def test_colab_leg_is_skipped_in_one_line_without_python_313_or_312(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "COLAB_PYTHON": "/nonexistent",
+           "COLAB_VENV": str(tmp_path / "venv")}
+    done = subprocess.run(["bash", str(ROOT / "tools" / "test_colab.sh")], capture_output=True,
+                          text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "colab leg skipped: no Python 3.13 or 3.12 here (set COLAB_PYTHON=/path/to/python3.13)"]
+
+
+def test_colab_leg_run_without_its_venv_says_how_to_make_it(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "COLAB_VENV": str(tmp_path / "none")}
+    done = subprocess.run(["bash", str(ROOT / "tools" / "test_colab.sh"), "run"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"colab leg skipped: no replica venv ({tmp_path / 'none'}); "
+        "run: bash tools/test_colab.sh install"]

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# The newest-JAX leg of `make test` (Colab runs the newest JAX; CI pins an older one).
+# The newest-JAX leg of `make test`: the course on the newest JAX, Flax and Optax.
 #
-# Creates .venv-newest with Python >= 3.12 (3.12 preferred: Colab's), installs the course
+#   bash tools/test_newest.sh install   # .venv-newest, without constraints
+#   bash tools/test_newest.sh run       # every solution, smoke-sized
+#   bash tools/test_newest.sh           # both
+#
+# Creates .venv-newest with Python >= 3.12 (3.12 preferred), installs the course
 # there WITHOUT the constraints file (so the newest JAX, Flax and Optax), and runs every
 # solutions/ notebook with COURSE_WORK=smoke (utils.sizing: the smallest work). A notebook
 # fails on any error, anything written to stderr, a kernel warning, or a verdict other than
@@ -13,28 +17,17 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV=${NEWEST_VENV:-.venv-newest}
+phase=${1:-all}
 
-runs_312() {  # a Python that runs and is >= 3.12
-  [ -n "$1" ] && "$1" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1
-}
-
-python=""
-candidates=("${NEWEST_PYTHON:-}")
-for version in 3.12 3.13; do
-  candidates+=("$(command -v "python$version" 2>/dev/null || true)")
-  if command -v pyenv >/dev/null 2>&1; then
-    for p in "$(pyenv root)"/versions/"$version"*/bin/python; do candidates+=("$p"); done
-  fi
-done
-for candidate in "${candidates[@]}"; do
-  if runs_312 "$candidate"; then python=$candidate; break; fi
-done
-if [ -z "$python" ]; then
+source tools/find_python.sh
+python=$(find_python "${NEWEST_PYTHON:-}" 3.12 3.13)
+if [ -z "$python" ] || ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then
   echo "newest-JAX leg skipped: no Python >= 3.12 here (set NEWEST_PYTHON=/path/to/python3.12)"
   exit 0
 fi
 
 start=$SECONDS
+if [ "$phase" = install ] || [ "$phase" = all ]; then
 echo "newest-JAX leg: $("$python" --version) from $python, venv $VENV"
 [ -x "$VENV/bin/python" ] || "$python" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
@@ -49,6 +42,12 @@ print("newest-JAX leg: " + ", ".join(f"{p} {md.version(p)}"
       for p in ("jax", "jaxlib", "flax", "optax", "numpy")))
 EOF
 echo "newest-JAX leg: install took ${install_s} s"
+fi
+[ "$phase" = install ] && exit 0
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "newest-JAX leg skipped: no $VENV; run: bash tools/test_newest.sh install"
+  exit 0
+fi
 
 run_start=$SECONDS
 status=0

@@ -45,6 +45,7 @@ __all__ = [
     "RestartNeeded",
     "colab_owns",
     "gpu_name",
+    "normal_name",
     "plan",
     "set_up",
 ]
@@ -91,13 +92,14 @@ class Plan:
         return args + list(self.requirements)
 
 
-def _normal(name: str) -> str:
+def normal_name(name: str) -> str:
+    """A distribution name as pip compares it: ``"JAX_cuda12.Plugin"`` -> ``jax-cuda12-plugin``."""
     return re.sub(r"[-_.]+", "-", (name or "").lower())
 
 
 def colab_owns(name: str) -> bool:
     """JAX, jaxlib, their CUDA plugins and the NVIDIA libraries: what the keep branch pins."""
-    name = _normal(name)
+    name = normal_name(name)
     return name in ("jax", "jaxlib") or name.startswith(("jax-cuda", "nvidia-"))
 
 
@@ -124,7 +126,7 @@ def _course_requirements() -> list[str]:
 
 
 def _requirement_name(requirement: str) -> str:
-    return _normal(re.split(r"[\s\[<>=!~;@]", requirement, maxsplit=1)[0])
+    return normal_name(re.split(r"[\s\[<>=!~;@]", requirement, maxsplit=1)[0])
 
 
 def _floor(requirements: Sequence[str], name: str, default: str) -> str:
@@ -142,7 +144,7 @@ def installed_versions() -> dict[str, str]:
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"]
         if name:
-            found[_normal(name)] = dist.version
+            found[normal_name(name)] = dist.version
     return found
 
 
@@ -154,7 +156,7 @@ def plan(installed: Mapping[str, str], course_source: str, *, gpu: bool,
     requirement that installs the course (``"jax-gpu-course @ git+https://..."`` or a path);
     ``gpu``: whether the runtime has an NVIDIA GPU (then JAX's CUDA 12 build is installed).
     """
-    installed = {_normal(k): v for k, v in installed.items()}
+    installed = {normal_name(k): v for k, v in installed.items()}
     requirements = list(course_requirements if course_requirements is not None
                         else _course_requirements())
     floor = _floor(requirements, "jax", TESTED_STACK["jax"])
