@@ -1,10 +1,12 @@
 # Two commands (see README.md):
 #   make lab    install into .venv and open JupyterLab on course/
 #   make test   install and run every test: pytest on the pinned stack (.venv), then the
-#               newest-JAX leg (.venv-newest, Python >= 3.12; skipped when there is none)
+#               newest-JAX leg (.venv-newest, Python >= 3.12) and the Colab leg (.venv-colab,
+#               a replica of Colab's packages on Python 3.13) side by side (tools/test_all.sh;
+#               a leg without its Python is skipped with a line saying so)
 # CONSTRAINTS pins the exact versions CI tested; `make lab CONSTRAINTS=` installs the newest.
 # While writing a lesson: `make test PYTEST_ARGS="solutions/05_cnn.ipynb course/05_cnn.ipynb"`
-# runs only that pytest selection (no newest-JAX leg).
+# runs only that pytest selection (no other leg).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +15,7 @@ CONSTRAINTS ?= requirements/constraints.txt
 PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 PYTEST_ARGS ?=
 
-.PHONY: lab test pytest test-newest lint course check-course constraints clean solutions
+.PHONY: lab test pytest test-newest test-colab lint course check-course constraints clean solutions
 
 lab: $(VENV)/.installed-lab
 	@echo "Starting JupyterLab on course/. Open the http://127.0.0.1 URL printed below (it"
@@ -21,9 +23,11 @@ lab: $(VENV)/.installed-lab
 	@$(BIN)/jupyter lab --config=jupyter/jupyter_server_config.py --ServerApp.log_level=WARN
 
 # With PYTEST_ARGS (a selection of tests or notebooks) only that pytest selection runs.
-test: pytest
+test: $(VENV)/.installed-test
 ifeq ($(strip $(PYTEST_ARGS)),)
-	@$(MAKE) --no-print-directory test-newest
+	@bash tools/test_all.sh $(BIN)/python
+else
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 endif
 
 pytest: $(VENV)/.installed-test
@@ -31,6 +35,9 @@ pytest: $(VENV)/.installed-test
 
 test-newest:
 	bash tools/test_newest.sh
+
+test-colab:
+	bash tools/test_colab.sh
 
 $(VENV)/bin/python:
 	@echo "Creating $(VENV) with $(PYTHON) ..."
@@ -64,7 +71,7 @@ constraints:
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' > requirements/constraints.txt
 
 clean:
-	rm -rf $(VENV) .venv-newest .pytest_cache test-output
+	rm -rf $(VENV) .venv-newest .venv-colab .pytest_cache test-output
 
 # Execute solution notebooks in place (outputs stored) and regenerate course/.
 # make solutions NB=solutions/01_gpu_basics.ipynb   (default: all)

@@ -69,10 +69,21 @@ def pytest_configure(config):
         os.environ["COURSE_DATA_DIR"] = str(SHARED_DATA)
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects anything
+def pytest_itemcollected(item):
+    """A blank course/ notebook is the browser's work (where the browser cannot run, nbval
+    does it in its place): it carries the ``browser`` marker, so ``-m browser`` selects it
+    and ``-m "not browser"`` leaves it out."""
+    path = Path(str(item.path)).resolve()
+    if path.suffix == ".ipynb" and path.parent == ROOT / "course":
+        item.add_marker(pytest.mark.browser)
+
+
 @pytest.hookimpl(trylast=True)  # after -m / -k have deselected what they will
 def pytest_collection_modifyitems(config, items):
     """Blank course/ notebooks run in the browser when it can run; nbval runs them otherwise
-    (or when a course notebook is named on the command line)."""
+    (or when a course notebook file is named on the command line; naming the course/ folder
+    beside the browser test leaves them to the browser)."""
     if not any(item.nodeid.startswith(BROWSER_COURSE_TEST) for item in items):
         return
     if not _browser_available():
@@ -84,7 +95,7 @@ def pytest_collection_modifyitems(config, items):
         path = Path(str(item.path)).resolve()
         if path.suffix != ".ipynb" or path.parent != course:
             return True  # not a course notebook
-        return any(path == n or (n != ROOT and n in path.parents) for n in named)
+        return any(path == n for n in named)
 
     keep = [item for item in items if run_by_nbval(item)]
     dropped = [item for item in items if not run_by_nbval(item)]
