@@ -44,6 +44,10 @@ import browser_helpers as bh
 import pytest
 from test_browser import chromium  # noqa: F401  (fixture: Playwright and Debian's Chromium)
 
+# The site is built once per session and its checks belong together: the whole module runs
+# in the browser part of `make test` (tools/test_all.sh), even the tests that need no browser.
+pytestmark = pytest.mark.browser
+
 ROOT = bh.ROOT
 SITE_SOURCE = ROOT / "site"
 SCREENSHOT_DIR = ROOT / "test-output" / "site"
