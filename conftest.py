@@ -55,6 +55,8 @@ def _part(nodeid: str) -> str:
         return "course: blank run (nbval)"
     if path == "tests/test_browser.py":
         return "course: blank run (browser) + browser tests"
+    if path == "tests/test_site.py":
+        return "site: build + checks in the browser"
     return "unit tests"
 
 
