@@ -40,8 +40,9 @@ def test_version_tuple(version, expected):
 def test_old_colab_jax_is_upgraded_to_the_tested_gpu_stack_with_the_course():
     chosen = colab.plan(COLAB_2026_08, SOURCE, gpu=True, course_requirements=REQUIRES)
     assert chosen.action == "upgrade" and chosen.colab_jax == "0.7.2" and chosen.floor == "0.10.2"
+    # the tested stack in place of the course's floors, with the course's other requirements
     assert chosen.requirements == ("jax[cuda12]==0.10.2", "jaxlib==0.10.2", "flax==0.12.8",
-                                   "optax==0.2.8", "orbax-checkpoint==0.12.8", SOURCE)
+                                   "optax==0.2.8", "orbax-checkpoint==0.12.8", "numpy>=2.0")
     assert chosen.constraints == ()  # nothing pinned: pip may move what the stack requires
     args = chosen.pip_arguments("pins.txt")
     assert args[0] == "-q" and "-c" not in args and "--upgrade" not in args and "-U" not in args
@@ -58,11 +59,17 @@ def test_colab_jax_at_or_above_the_floor_is_kept_with_its_cuda_packages(jax_vers
     installed = dict(COLAB_2026_08, jax=jax_version, jaxlib=jax_version)
     chosen = colab.plan(installed, SOURCE, gpu=True, course_requirements=REQUIRES)
     assert chosen.action == "keep"
-    assert chosen.requirements == (SOURCE,)  # the course only; no JAX asked for
+    assert chosen.requirements == tuple(REQUIRES)  # what the course needs, JAX pinned below
     assert chosen.constraints == tuple(sorted([
         f"jax=={jax_version}", f"jaxlib=={jax_version}", "jax-cuda12-plugin==0.7.2",
         "jax-cuda12-pjrt==0.7.2", "nvidia-cublas-cu12==12.8.4.1"]))
-    assert chosen.pip_arguments("pins.txt") == ["-q", "-c", "pins.txt", SOURCE]
+    assert chosen.pip_arguments("pins.txt") == ["-q", "-c", "pins.txt", *REQUIRES]
+
+
+def test_without_the_course_s_requirements_pip_is_asked_for_the_course_itself():
+    kept = colab.plan({"jax": "0.10.2"}, SOURCE, gpu=False, course_requirements=[])
+    upgraded = colab.plan({"jax": "0.7.2"}, SOURCE, gpu=False, course_requirements=[])
+    assert kept.requirements == (SOURCE,) and upgraded.requirements[-1] == SOURCE
 
 
 def test_the_floor_comes_from_the_course_requirements():
@@ -119,13 +126,15 @@ def test_set_up_upgrades_in_one_pip_call_and_says_why(fake_runtime, capsys):
     assert chosen.action == "upgrade"
     assert len(calls) == 1 and calls[0][:4] == [sys.executable, "-m", "pip", "install"]
     assert "--root-user-action=ignore" in calls[0]  # Colab runs pip as root: no warning
-    assert calls[0][-1] == SOURCE and "jax[cuda12]==0.10.2" in calls[0]
+    assert calls[0][-5:] == ["jaxlib==0.10.2", "flax==0.12.8", "optax==0.2.8",
+                             "orbax-checkpoint==0.12.8", "numpy>=2.0"]
+    assert "jax[cuda12]==0.10.2" in calls[0]
     logged = json.loads(log.read_text())
     assert logged["command"] == calls[0] and logged["action"] == "upgrade"
     assert logged["seconds"] >= 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("Colab set-up: Colab's JAX 0.7.2 is older than the course needs "
-                             "(JAX >= 0.10.2), so installed the course's tested stack "
+                             "(JAX >= 0.10.2), so installed the course and its tested stack "
                              "(jax[cuda12]; jax 0.10.2, flax 0.12.8, optax 0.2.8")
     assert out[0].endswith(" s.") and out[1] == "GPU: Tesla T4."
 
@@ -135,7 +144,7 @@ def test_set_up_keeps_colab_jax_pinned(fake_runtime, capsys):
                             jax_imported=True)  # keeping an imported JAX is fine
     assert colab.set_up(SOURCE).action == "keep"
     pins, command = calls
-    assert "jax==0.10.2" in pins.splitlines() and command[-1] == SOURCE
+    assert "jax==0.10.2" in pins.splitlines() and command[-len(REQUIRES):] == REQUIRES
     assert capsys.readouterr().out.startswith(
         "Colab set-up: kept Colab's JAX 0.10.2 and its CUDA packages")
 

@@ -219,11 +219,11 @@ def run() -> int:
     if not (upgraded and upgraded[0]["action"] == "upgrade"
             and all(r in upgraded[0]["command"] for r in stack)):
         problems.append(f"lesson 00's first cell did not upgrade JAX {before}: {upgraded}")
-    # Every later first cell kept it: no JAX asked for, its files untouched.
+    # Every later first cell kept it: pinned as a constraint, its files untouched.
     for entry in kept:
         asked = entry["command"][entry["command"].index("install") + 1:]
-        if entry["action"] != "keep" or any(
-                a.startswith(("jax=", "jax[", "jaxlib")) for a in asked):
+        if entry["action"] != "keep" or "-c" not in asked or any(
+                a.startswith(("jax==", "jax[", "jaxlib==")) for a in asked):
             problems.append(f"a later first cell did not keep JAX: {entry}")
     if len(kept) != len(notebooks) - 1 and status == 0:
         problems.append(f"{len(kept)} keep-branch set-ups for {len(notebooks) - 1} notebooks")

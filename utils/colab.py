@@ -3,7 +3,7 @@
 Colab's runtime ships its own JAX, and it is often *older* than this course needs (its GPU
 runtime of 2026-08-19 has JAX 0.7.2; the course needs the floor in ``pyproject.toml``). The
 first cell of every notebook installs the course package without its dependencies and calls
-:func:`set_up`, which then, in **one** pip call together with the course:
+:func:`set_up`, which then, in **one** pip call with the course's requirements:
 
 - **keeps** Colab's JAX, jaxlib and CUDA packages exactly as they are when its JAX meets the
   course's floor (they are pinned as constraints), and installs what else the course needs;
@@ -154,7 +154,14 @@ def plan(installed: Mapping[str, str], course_source: str, *, gpu: bool,
 
     ``installed``: ``{name: version}`` of what the runtime has; ``course_source``: the pip
     requirement that installs the course (``"jax-gpu-course @ git+https://..."`` or a path);
-    ``gpu``: whether the runtime has an NVIDIA GPU (then JAX's CUDA 12 build is installed).
+    ``gpu``: whether the runtime has an NVIDIA GPU (then JAX's CUDA 12 build is installed);
+    ``course_requirements``: the course's own requirements (default: read from the installed
+    course, which the first cell has just installed without them).
+
+    The one pip call asks for the course's requirements (the tested stack's exact versions in
+    their place when upgrading), so pip resolves everything the course needs at once without
+    building the course a second time; only when the course's requirements are unknown does it
+    ask for the course itself.
     """
     installed = {normal_name(k): v for k, v in installed.items()}
     requirements = list(course_requirements if course_requirements is not None
@@ -164,10 +171,12 @@ def plan(installed: Mapping[str, str], course_source: str, *, gpu: bool,
     if colab_jax is not None and version_tuple(colab_jax) >= version_tuple(floor):
         pins = tuple(sorted(f"{name}=={version}" for name, version in installed.items()
                             if colab_owns(name)))
-        return Plan("keep", colab_jax, floor, (course_source,), pins)
+        return Plan("keep", colab_jax, floor, tuple(requirements) or (course_source,), pins)
     stack = [f"jax[{CUDA_EXTRA}]=={TESTED_STACK['jax']}" if gpu else f"jax=={TESTED_STACK['jax']}"]
     stack += [f"{name}=={version}" for name, version in TESTED_STACK.items() if name != "jax"]
-    return Plan("upgrade", colab_jax, floor, (*stack, course_source), ())
+    others = [r for r in requirements if _requirement_name(r) not in TESTED_STACK]
+    return Plan("upgrade", colab_jax, floor,
+                (*stack, *others) if requirements else (*stack, course_source), ())
 
 
 def gpu_name() -> str | None:
@@ -213,13 +222,14 @@ def set_up(course_source: str) -> Plan:
     _log(command, chosen, seconds)
     if chosen.action == "keep":
         print(f"Colab set-up: kept Colab's JAX {chosen.colab_jax} and its CUDA packages (the "
-              f"course needs JAX >= {chosen.floor}) and installed the course in {seconds:.0f} s.")
+              f"course needs JAX >= {chosen.floor}); installed the course and what else it needs "
+              f"in {seconds:.0f} s.")
     else:
         had = f"Colab's JAX {chosen.colab_jax}" if chosen.colab_jax else "This runtime's Python"
         build = f"jax[{CUDA_EXTRA}]" if gpu else "jax (CPU build)"
         stack = ", ".join(f"{n} {v}" for n, v in TESTED_STACK.items() if n != "jaxlib")
         print(f"Colab set-up: {had} is older than the course needs (JAX >= {chosen.floor}), "
-              f"so installed the course's tested stack ({build}; {stack}) with the course in "
+              f"so installed the course and its tested stack ({build}; {stack}) in "
               f"{seconds:.0f} s.")
     if gpu:
         print(f"GPU: {gpu}.")
