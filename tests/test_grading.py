@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from utils import grading
+from utils import grading, sandbox
 from utils.grading import NotebookResult
 
 # The looping notebook waits this long. Every other cell takes well under 1 s on a quiet
@@ -92,13 +92,13 @@ def submissions(folder: Path) -> dict[str, Path]:
 
 
 EXPECTED_CSV = """\
-notebook,lesson,double,square,negate,passed,total,status,mismatches
-blank/01_tiny.ipynb,01_tiny,NOT ATTEMPTED,NOT ATTEMPTED,NOT ATTEMPTED,0,3,ok,
-crash/01_tiny.ipynb,01_tiny,PASSED,not reached,not reached,1,3,error in cell 6: ValueError: invalid literal for int() with base 10: 'seven',
-fake/01_tiny.ipynb,01_tiny,NOT ATTEMPTED,NOT ATTEMPTED,NOT ATTEMPTED,0,3,ok,"double: printed PASSED, checked NOT ATTEMPTED; square: printed PASSED, checked NOT ATTEMPTED; negate: printed PASSED, checked NOT ATTEMPTED"
-loop/01_tiny.ipynb,01_tiny,PASSED,not reached,not reached,1,3,timed out in cell 8 (cell limit 15 s),
-solved/01_tiny.ipynb,01_tiny,PASSED,PASSED,PASSED,3,3,ok,
-wrong/01_tiny.ipynb,01_tiny,PASSED,PASSED,FAILED,2,3,ok,
+notebook,lesson,double,square,negate,passed,total,status,sandbox,mismatches
+blank/01_tiny.ipynb,01_tiny,NOT ATTEMPTED,NOT ATTEMPTED,NOT ATTEMPTED,0,3,ok,bwrap,
+crash/01_tiny.ipynb,01_tiny,PASSED,not reached,not reached,1,3,error in cell 6: ValueError: invalid literal for int() with base 10: 'seven',bwrap,
+fake/01_tiny.ipynb,01_tiny,NOT ATTEMPTED,NOT ATTEMPTED,NOT ATTEMPTED,0,3,ok,bwrap,"double: printed PASSED, checked NOT ATTEMPTED; square: printed PASSED, checked NOT ATTEMPTED; negate: printed PASSED, checked NOT ATTEMPTED"
+loop/01_tiny.ipynb,01_tiny,PASSED,not reached,not reached,1,3,timed out in cell 8 (cell limit 15 s),bwrap,
+solved/01_tiny.ipynb,01_tiny,PASSED,PASSED,PASSED,3,3,ok,bwrap,
+wrong/01_tiny.ipynb,01_tiny,PASSED,PASSED,FAILED,2,3,ok,bwrap,
 """  # noqa: E501
 
 EXPECTED_MD = """\
@@ -107,15 +107,16 @@ EXPECTED_MD = """\
 6 notebooks graded, 4 ran to the end.
 1 notebook printed verdicts that the checks do not confirm: see `mismatches` (graded by the checks).
 Limits: 15 s per cell, 120 s per notebook.
+Sandbox limits: 8 GiB of memory per process, 1024 processes and threads, 2 MiB of output per cell.
 
-| notebook | lesson | double | square | negate | passed | status | mismatches |
-|---|---|---|---|---|---|---|---|
-| blank/01_tiny.ipynb | 01_tiny | NOT ATTEMPTED | NOT ATTEMPTED | NOT ATTEMPTED | 0/3 | ok |  |
-| crash/01_tiny.ipynb | 01_tiny | PASSED | not reached | not reached | 1/3 | error in cell 6: ValueError: invalid literal for int() with base 10: 'seven' |  |
-| fake/01_tiny.ipynb | 01_tiny | NOT ATTEMPTED | NOT ATTEMPTED | NOT ATTEMPTED | 0/3 | ok | double: printed PASSED, checked NOT ATTEMPTED; square: printed PASSED, checked NOT ATTEMPTED; negate: printed PASSED, checked NOT ATTEMPTED |
-| loop/01_tiny.ipynb | 01_tiny | PASSED | not reached | not reached | 1/3 | timed out in cell 8 (cell limit 15 s) |  |
-| solved/01_tiny.ipynb | 01_tiny | PASSED | PASSED | PASSED | 3/3 | ok |  |
-| wrong/01_tiny.ipynb | 01_tiny | PASSED | PASSED | FAILED | 2/3 | ok |  |
+| notebook | lesson | double | square | negate | passed | status | sandbox | mismatches |
+|---|---|---|---|---|---|---|---|---|
+| blank/01_tiny.ipynb | 01_tiny | NOT ATTEMPTED | NOT ATTEMPTED | NOT ATTEMPTED | 0/3 | ok | bwrap |  |
+| crash/01_tiny.ipynb | 01_tiny | PASSED | not reached | not reached | 1/3 | error in cell 6: ValueError: invalid literal for int() with base 10: 'seven' | bwrap |  |
+| fake/01_tiny.ipynb | 01_tiny | NOT ATTEMPTED | NOT ATTEMPTED | NOT ATTEMPTED | 0/3 | ok | bwrap | double: printed PASSED, checked NOT ATTEMPTED; square: printed PASSED, checked NOT ATTEMPTED; negate: printed PASSED, checked NOT ATTEMPTED |
+| loop/01_tiny.ipynb | 01_tiny | PASSED | not reached | not reached | 1/3 | timed out in cell 8 (cell limit 15 s) | bwrap |  |
+| solved/01_tiny.ipynb | 01_tiny | PASSED | PASSED | PASSED | 3/3 | ok | bwrap |  |
+| wrong/01_tiny.ipynb | 01_tiny | PASSED | PASSED | FAILED | 2/3 | ok | bwrap |  |
 
 Passed, per exercise:
 
@@ -124,7 +125,24 @@ Passed, per exercise:
 - `negate`: 1 of 6
 
 `not reached`: the notebook stopped before that checker ran; `missing`: it ran to the end without calling it. `cell N` counts code cells from the top. Verdicts come from the checks themselves, re-run after the last cell; `mismatches` lists printed verdict lines they do not confirm.
+
+`sandbox`: `bwrap` ran in bubblewrap: no view of the grader's files or the other submissions, no network, limits on memory, processes, CPU time and output.
 """  # noqa: E501
+
+
+def _kind() -> str:
+    """The sandbox `course-grade` uses here by default: bubblewrap, or limits without it."""
+    return sandbox.choose("auto")
+
+
+def _for_kind(expected: str) -> str:
+    """An expected report for this machine's sandbox (README's sample shows bubblewrap)."""
+    kind = _kind()
+    if kind == "bwrap":
+        return expected
+    return (expected.replace(",bwrap,", f",{kind},").replace("| bwrap |", f"| {kind} |")
+            .replace(f"`bwrap` {grading.SANDBOX_KINDS['bwrap']}",
+                     f"`{kind}` {grading.SANDBOX_KINDS[kind]}"))
 
 
 def _digest(path: Path) -> str:
@@ -145,11 +163,11 @@ def graded(tmp_path_factory):
 
 def test_report_csv_is_exactly_as_expected(graded):
     assert graded["code"] == 0
-    assert (graded["out"] / "report.csv").read_text() == EXPECTED_CSV
+    assert (graded["out"] / "report.csv").read_text() == _for_kind(EXPECTED_CSV)
 
 
 def test_report_markdown_is_exactly_as_expected(graded):
-    assert (graded["out"] / "report.md").read_text() == EXPECTED_MD
+    assert (graded["out"] / "report.md").read_text() == _for_kind(EXPECTED_MD)
 
 
 def test_submitted_files_are_not_modified(graded):
@@ -207,9 +225,9 @@ def test_unreadable_notebook_is_reported_and_others_still_graded(tmp_path):
     rows = (out / "report.csv").read_text().splitlines()
     # Two lessons now ("broken" from its file name): columns are lesson-qualified.
     assert rows[0] == ("notebook,lesson,01_tiny:double,01_tiny:square,01_tiny:negate,"
-                       "passed,total,status,mismatches")
+                       "passed,total,status,sandbox,mismatches")
     assert rows[1].startswith("broken.ipynb,broken,,,,0,0,unreadable notebook: ")
-    assert rows[2] == "solved/01_tiny.ipynb,01_tiny,PASSED,PASSED,PASSED,3,3,ok,"
+    assert rows[2] == f"solved/01_tiny.ipynb,01_tiny,PASSED,PASSED,PASSED,3,3,ok,{_kind()},"
     assert len(rows) == 3
 
 
@@ -223,9 +241,9 @@ def test_several_lessons_get_lesson_qualified_columns():
     expected = {"02_jit": ["relu", "gelu"], "05_cnn": ["conv"]}  # 05 is not graded: no column
     assert grading.render_csv(results, expected) == (
         "notebook,lesson,01_gpu_basics:matmul_flops,02_jit:relu,02_jit:gelu,passed,total,status,"
-        "mismatches\n"
-        "a/01_gpu_basics.ipynb,01_gpu_basics,PASSED,,,1,1,ok,\n"
-        "a/02_jit.ipynb,02_jit,,FAILED,not reached,0,2,error in cell 3: KeyError: 'x',\n")
+        "sandbox,mismatches\n"
+        "a/01_gpu_basics.ipynb,01_gpu_basics,PASSED,,,1,1,ok,off,\n"
+        "a/02_jit.ipynb,02_jit,,FAILED,not reached,0,2,error in cell 3: KeyError: 'x',off,\n")
 
 
 def test_missing_checker_in_a_completed_notebook_is_marked_missing():
@@ -235,14 +253,14 @@ def test_missing_checker_in_a_completed_notebook_is_marked_missing():
                        ["double", "negate"], completed=True),
     ]
     csv_text = grading.render_csv(results)
-    assert csv_text.splitlines()[1] == "x.ipynb,01_tiny,PASSED,missing,1,2,ok,"
+    assert csv_text.splitlines()[1] == "x.ipynb,01_tiny,PASSED,missing,1,2,ok,off,"
     markdown = grading.render_markdown(results)
-    assert "| y.ipynb | 01_tiny | PASSED | FAILED | 1/2 | ok |  |" in markdown
+    assert "| y.ipynb | 01_tiny | PASSED | FAILED | 1/2 | ok | off |  |" in markdown
 
 
 def test_markdown_escapes_pipes_in_status():
     results = [NotebookResult("z.ipynb", "01_tiny", status="error in cell 2: ValueError: a|b")]
-    assert "ValueError: a\\|b |" in grading.render_markdown(results)
+    assert "ValueError: a\\|b | off |" in grading.render_markdown(results)
 
 
 @pytest.mark.parametrize(("name", "title", "lesson"), [
@@ -286,7 +304,7 @@ def test_a_second_run_into_the_same_folder_skips_the_executed_copies(tmp_path):
     for _ in range(2):
         assert grading.main([str(tmp_path / "in"), "--out", str(out)]) == 0
         assert (out / "report.csv").read_text().splitlines()[1:] == [
-            "solved/01_tiny.ipynb,01_tiny,PASSED,PASSED,PASSED,3,3,ok,"]
+            f"solved/01_tiny.ipynb,01_tiny,PASSED,PASSED,PASSED,3,3,ok,{_kind()},"]
     assert path.exists()
 
 
@@ -294,7 +312,7 @@ def test_module_runs_as_a_command():
     done = subprocess.run([sys.executable, "-m", "utils.grading", "--help"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
-    assert "--cell-timeout" in done.stdout and "throwaway" in done.stdout
+    assert "--cell-timeout" in done.stdout and "--sandbox" in done.stdout
 
 
 # ------------------------------------------------------------- verdicts printing cannot forge
@@ -309,6 +327,7 @@ def _notebook(tmp_path: Path, *sources: str, name: str = "03_forge.ipynb") -> Pa
 def test_printed_verdicts_without_any_check_count_for_nothing(tmp_path):
     path = _notebook(tmp_path, 'print("PASSED double: ok")\nprint("PASSED square: ok")')
     result = grading.grade_notebook(path)
+    assert result.sandbox == "off"  # from Python: no sandbox unless asked (run_notebooks.py)
     assert result.completed and result.verdicts == {}
     assert result.mismatches == ["double: printed PASSED, never checked",
                                  "square: printed PASSED, never checked"]

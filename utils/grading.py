@@ -6,10 +6,15 @@ For instructors (see the README's "Grading" section)::
     course-grade alice.ipynb bob.ipynb --out report/ --cell-timeout 120 --timeout 1800
     python -m utils.grading submissions/ --out report/
 
-Each notebook is copied to a temporary folder and run there, top to bottom, in a fresh
-kernel (``nbclient``) that inherits this process's environment (``COURSE_DATA_DIR``
-included); the submitted file is never modified. A cell that runs longer than the cell
-timeout, or a notebook that runs longer than the overall timeout, is stopped.
+Each notebook is copied to a work folder of its own and run there, top to bottom, in a fresh
+kernel (``nbclient``); the submitted file is never modified. A cell that runs longer than the
+cell timeout, or a notebook that runs longer than the overall timeout, is stopped.
+
+The command grades each notebook in a sandbox (:mod:`utils.sandbox`, ``--sandbox``):
+bubblewrap where it works (no view of your files or the other submissions, no network,
+limits on memory, processes, CPU time and output), else resource limits only; the report
+says which. :func:`grade_notebook` called from Python runs the kernel as before, with this
+process's environment and privileges, unless its ``sandbox`` argument asks otherwise.
 
 Verdicts never come from printed text, which a student could type. Every exercise checker
 (:func:`utils.exercises.run_check`) also writes its verdict to a file that only the graded
@@ -23,16 +28,16 @@ column. ``REPORT_DIR/report.csv`` and ``REPORT_DIR/report.md`` get one row per n
 one column per exercise. The executed copies (and each kernel's own log) are kept in
 ``REPORT_DIR/executed/`` so you can see what a student saw.
 
-Grading runs the students' code. It gets a fresh kernel, a temporary copy and timeouts,
-but no sandbox: no limits on the file system, the network or memory. Code that sets out to
-cheat (rewriting the checker module inside the kernel, say) is not stopped; printed text
-is. Run it in a throwaway environment (a container, a VM, a Colab runtime).
+The sandbox protects the machine and the other students, not the grade: code that sets out
+to cheat inside its own kernel (rewriting the checker module, say) is not stopped; printed
+text is.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import json
 import math
@@ -40,6 +45,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -49,7 +55,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from utils import sandbox as sandboxes
 from utils.exercises import RECORD_VARIABLE, VERDICT_LINE
+from utils.sandbox import Limits, MiB
 
 __all__ = [
     "NotebookResult",
@@ -80,7 +88,8 @@ class NotebookResult:
     name); ``completed`` is True when every cell ran; ``status`` is ``"ok"`` or says where
     and why the run stopped. ``printed`` holds the verdict lines the notebook printed and
     ``mismatches`` every exercise whose printed verdict the checks do not confirm.
-    ``stderr`` lists what cells wrote to stderr (``"cell N: first line"``).
+    ``stderr`` lists what cells wrote to stderr (``"cell N: first line"``); ``sandbox``
+    the kind of sandbox that ran it (:data:`utils.sandbox.KINDS`).
     """
 
     name: str
@@ -94,6 +103,7 @@ class NotebookResult:
     mismatches: list[str] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
     rechecked: bool = False
+    sandbox: str = "off"  # the kind that ran it: "bwrap", "limits" or "off"
 
 
 def find_notebooks(paths: Iterable[str | os.PathLike[str]],
@@ -189,6 +199,10 @@ def grade_notebook(
     executed_copy: Path | None = None,
     kernel_log: Path | None = None,
     startup_timeout: float = 120,
+    sandbox: str = "off",
+    limits: Limits | None = None,
+    hide: Sequence[Path] = (),
+    pass_env: Sequence[str] = (),
 ) -> NotebookResult:
     """Run a copy of the notebook at ``path`` in a fresh kernel and collect its verdicts.
 
@@ -201,34 +215,54 @@ def grade_notebook(
     ``executed_copy``: where to save the notebook with the outputs of this run;
     ``kernel_log``: where to save what the kernel process itself wrote to stdout/stderr
     (low-level warnings, a crash's last words); discarded when None.
+
+    ``sandbox`` (:data:`utils.sandbox.MODES`): ``"off"`` (the default here; ``course-grade``
+    uses ``"auto"``) runs the kernel with this process's environment and privileges;
+    ``"auto"``, ``"require"`` and ``"limits"`` run it in a sandbox (:mod:`utils.sandbox`)
+    with ``limits`` (default :class:`utils.sandbox.Limits`), hiding the folders in ``hide``
+    and passing on only allow-listed environment variables and those named in
+    ``pass_env``. ``result.sandbox`` says which kind ran it. ``"require"`` raises
+    :class:`utils.sandbox.SandboxUnavailable` where bubblewrap cannot run.
     """
     import nbformat
-    from nbclient import NotebookClient
 
     path = Path(path)
     name = name or path.name
+    kind = sandboxes.choose(sandbox)
+    limits = limits or Limits()
     try:
         nb = nbformat.read(path, as_version=4)
     except Exception as error:  # not JSON, not a notebook, unreadable
         return NotebookResult(name, lesson_of(path), completed=False,
-                              status=f"unreadable notebook: {_one_line(error)}")
-    result = NotebookResult(name, lesson_of(path, nb))
+                              status=f"unreadable notebook: {_one_line(error)}", sandbox=kind)
+    result = NotebookResult(name, lesson_of(path, nb), sandbox=kind)
     for cell in nb.cells:  # a cell never reached must not show the student's old outputs
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="course-grade-") as workdir:
+    # A notebook may leave files its grader cannot delete (or, without bubblewrap, a process
+    # still writing them): that must not stop the grading.
+    with tempfile.TemporaryDirectory(prefix="course-grade-", ignore_cleanup_errors=True) as workdir:
         copy = Path(workdir) / path.name
         shutil.copyfile(path, copy)  # the kernel works beside a copy, never the original
         record = Path(workdir) / f".verdicts-{secrets.token_hex(8)}.jsonl"
-        env = {**os.environ, RECORD_VARIABLE: str(record),
+        box = None
+        if kind != "off":
+            box = sandboxes.Sandbox(kind, Path(workdir), limits, hide=hide, pass_env=pass_env,
+                                    cpu_seconds=limits.cpu_for(startup_timeout + timeout
+                                                               + cell_timeout))
+            box.prepare()
+        base_env = box.environment(os.environ) if box else dict(os.environ)
+        env = {**base_env, RECORD_VARIABLE: str(record),
                "PYDEVD_DISABLE_FILE_VALIDATION": "1"}  # no debugger note on stderr
-        client = NotebookClient(
+        client = _client_class()(
             nb, timeout=max(1, math.ceil(cell_timeout)), kernel_name=kernel_name,
             startup_timeout=max(1, math.ceil(startup_timeout)), record_timing=False,
             allow_errors=False, interrupt_on_timeout=False,
             resources={"metadata": {"path": workdir}},
+            **({"kernel_manager_class": box.kernel_manager_class()} if box else {}),
         )
+        client.output_limit = limits.output if box else None
         if kernel_log is not None:
             kernel_log.parent.mkdir(parents=True, exist_ok=True)
         log = open(kernel_log, "wb") if kernel_log is not None else None
@@ -245,13 +279,87 @@ def grade_notebook(
         finally:
             if log is not None:
                 log.close()
+            if box is not None:
+                box.cleanup()
         _read_record(record, result)
+    if box is not None and kernel_log is not None:
+        _cap_file(kernel_log, KERNEL_LOG_LIMIT)
     _compare_printed(result)
     result.seconds = time.monotonic() - start
     if executed_copy is not None:
         executed_copy.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, executed_copy)
     return result
+
+
+#: The most of a sandboxed kernel's own log that is kept (the start, then a note).
+KERNEL_LOG_LIMIT = 1 << 20
+
+
+def _cap_file(path: Path, limit: int) -> None:
+    """Cut the file at ``path`` to ``limit`` bytes, saying so at its end."""
+    try:
+        if path.stat().st_size <= limit:
+            return
+        with open(path, "r+b") as handle:
+            handle.truncate(limit)
+            handle.seek(limit)
+            handle.write(f"\n[course-grade: log cut at {limit} bytes]\n".encode())
+    except OSError:
+        pass
+
+
+#: The note that replaces a cell's output beyond the limit (``{limit}`` in MiB).
+OUTPUT_CUT = "[course-grade: output cut: this cell printed more than {limit:g} MiB; stopped]\n"
+
+
+def _output_size(msg: dict) -> int:
+    """Characters of output a kernel message carries (text, data, traceback)."""
+    content = msg.get("content") or {}
+    size = len(content.get("text") or "")
+    for value in (content.get("data") or {}).values():
+        size += len(value) if isinstance(value, str) else len(json.dumps(value))
+    size += sum(len(line) for line in content.get("traceback") or [])
+    return size
+
+
+@functools.cache
+def _client_class() -> type:
+    """``nbclient.NotebookClient`` that keeps at most ``output_limit`` characters of output
+    per cell (None: no limit): what comes beyond is dropped, a note says so, and the cell is
+    interrupted (``cut_cells`` lists the cells cut, by index)."""
+    import asyncio
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    class CappedClient(NotebookClient):
+        output_limit: int | None = None
+
+        def output(self, outs: list, msg: dict, display_id: Any, cell_index: int) -> Any:
+            if self.output_limit is None:
+                return super().output(outs, msg, display_id, cell_index)
+            used = self.__dict__.setdefault("_output_used", {})
+            cut = self.__dict__.setdefault("cut_cells", set())
+            if cell_index in cut:
+                return None
+            size = _output_size(msg)
+            room = self.output_limit - used.get(cell_index, 0)
+            if size <= room:
+                used[cell_index] = used.get(cell_index, 0) + size
+                return super().output(outs, msg, display_id, cell_index)
+            cut.add(cell_index)
+            if msg.get("msg_type") == "stream" and room > 0:
+                msg = {**msg, "content": {**msg["content"],
+                                          "text": msg["content"]["text"][:room]}}
+                super().output(outs, msg, display_id, cell_index)
+            outs.append(nbformat.v4.new_output(
+                "stream", name="stderr", text=OUTPUT_CUT.format(limit=self.output_limit / MiB)))
+            if self.km is not None:
+                asyncio.ensure_future(self.km.interrupt_kernel())
+            return None
+
+    return CappedClient
 
 
 def _run_cells(client: Any, nb: Any, result: NotebookResult, cell_timeout: float,
@@ -277,18 +385,35 @@ def _run_cells(client: Any, nb: Any, result: NotebookResult, cell_timeout: float
             limit = "cell limit" if per_cell >= cell_timeout else "notebook limit"
             budget = cell_timeout if per_cell >= cell_timeout else timeout
             result.status = f"timed out in cell {code_number} ({limit} {budget:g} s)"
+            if _was_cut(client, index):
+                result.status = _cut_status(client, code_number) + "; " + result.status
             return False  # still busy: nothing more can run in it
         except CellExecutionError as error:
-            result.status = (f"error in cell {code_number}: "
-                             f"{_one_line(f'{error.ename}: {error.evalue}')}")
+            detail = f"{error.ename}: {error.evalue}" if error.evalue else error.ename
+            result.status = (_cut_status(client, code_number) if _was_cut(client, index) else
+                             f"error in cell {code_number}: {_one_line(detail)}")
             return True
         except DeadKernelError:
             result.status = f"kernel died in cell {code_number}"
+            if _was_cut(client, index):
+                result.status = _cut_status(client, code_number) + "; " + result.status
             return False
         finally:
             _collect(result, cell.get("outputs", []), code_number)
+        if _was_cut(client, index):  # the cell ended before the interrupt reached it
+            result.status = _cut_status(client, code_number)
+            return True
     result.completed = True
     return True
+
+
+def _was_cut(client: Any, index: int) -> bool:
+    return index in getattr(client, "cut_cells", ())
+
+
+def _cut_status(client: Any, code_number: int) -> str:
+    return (f"output cut in cell {code_number}: more than "
+            f"{client.output_limit / MiB:g} MiB printed; stopped")
 
 
 #: Run in the graded kernel after the notebook: every checked answer is checked again.
@@ -310,14 +435,28 @@ def _recheck(client: Any, nb: Any, result: NotebookResult, cell_timeout: float) 
         nb.cells.pop()
 
 
+#: The most of a verdict record that is read (a kernel could write without end).
+RECORD_LIMIT = 16 << 20
+
+
+def _read_untrusted(path: Path, limit: int) -> str:
+    """At most ``limit`` bytes of a file the graded kernel could have written or replaced
+    (never following a link to another file); empty when it is missing or not a file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return ""
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            return ""
+        return handle.read(limit).decode("utf-8", errors="replace")
+
+
 def _read_record(record: Path, result: NotebookResult) -> None:
     """Verdicts from the record file: the re-check's where it ran, else the check's."""
     checked: dict[str, str] = {}
     rechecked: dict[str, str] = {}
-    try:
-        lines = record.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        lines = []
+    lines = _read_untrusted(record, RECORD_LIMIT).splitlines()
     for line in lines:
         try:
             entry = json.loads(line)
@@ -389,7 +528,7 @@ def _table(results: Sequence[NotebookResult],
     several = len({r.lesson for r in results}) > 1
     header = ["notebook", "lesson"]
     header += [f"{lesson}:{ex}" if several else ex for lesson, ex in columns]
-    header += ["passed", "total", "status", "mismatches"]
+    header += ["passed", "total", "status", "sandbox", "mismatches"]
     rows = []
     for result in results:
         mine = [(lesson, ex) for lesson, ex in columns if lesson == result.lesson]
@@ -403,7 +542,7 @@ def _table(results: Sequence[NotebookResult],
                 cells.append(MISSING if result.completed else NOT_REACHED)
         passed = sum(result.verdicts.get(ex) == "PASSED" for _, ex in mine)
         rows.append([result.name, result.lesson, *cells, str(passed), str(len(mine)),
-                     result.status, "; ".join(result.mismatches)])
+                     result.status, result.sandbox, "; ".join(result.mismatches)])
     return _Table(header, rows)
 
 
@@ -418,14 +557,34 @@ def render_csv(results: Sequence[NotebookResult],
     return out.getvalue()
 
 
+#: What the report's ``sandbox`` column means, per kind.
+SANDBOX_KINDS = {
+    "bwrap": "ran in bubblewrap: no view of the grader's files or the other submissions, "
+             "no network, limits on memory, processes, CPU time and output",
+    "limits": "ran with the limits, an environment allow-list and a work folder of its own, "
+              "without file-system or network isolation",
+    "off": "ran without a sandbox, with the grader's environment and privileges",
+}
+
+
+def _size(count: int) -> str:
+    """``8 GiB``, ``2 MiB``, ``1.5 GiB``."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= scale:
+            return f"{count / scale:g} {unit}"
+    return f"{count} bytes"
+
+
 def _md(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|")
 
 
 def render_markdown(results: Sequence[NotebookResult],
                     expected: dict[str, list[str]] | None = None, *,
-                    cell_timeout: float | None = None, timeout: float | None = None) -> str:
-    """The report as a Markdown table, with a line per exercise on how many passed."""
+                    cell_timeout: float | None = None, timeout: float | None = None,
+                    limits: Limits | None = None) -> str:
+    """The report as a Markdown table, with a line per exercise on how many passed.
+    ``limits``: the sandbox's limits, stated when a notebook was graded in a sandbox."""
     table = _table(results, expected)
     header = [h for h in table.header if h != "total"]
     lines = ["# Grading report", ""]
@@ -438,6 +597,11 @@ def render_markdown(results: Sequence[NotebookResult],
                      "checks do not confirm: see `mismatches` (graded by the checks).")
     if cell_timeout is not None and timeout is not None:
         lines.append(f"Limits: {cell_timeout:g} s per cell, {timeout:g} s per notebook.")
+    kinds = {r.sandbox for r in results}
+    if limits is not None and kinds - {"off"}:
+        lines.append(f"Sandbox limits: {_size(limits.memory)} of memory per process, "
+                     f"{limits.processes} processes and threads, {_size(limits.output)} of "
+                     "output per cell.")
     lines += ["", "| " + " | ".join(_md(h) for h in header) + " |",
               "|" + "|".join("---" for _ in header) + "|"]
     passed_at, total_at = table.header.index("passed"), table.header.index("total")
@@ -456,6 +620,10 @@ def render_markdown(results: Sequence[NotebookResult],
               "ran to the end without calling it. `cell N` counts code cells from the top. "
               "Verdicts come from the checks themselves, re-run after the last cell; "
               "`mismatches` lists printed verdict lines they do not confirm."]
+    used = [kind for kind in sandboxes.KINDS if kind in kinds]
+    if used:
+        lines += ["", "`sandbox`: " + "; ".join(f"`{kind}` {SANDBOX_KINDS[kind]}"
+                                                for kind in used) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -477,12 +645,14 @@ def expected_exercises(references: Iterable[Path]) -> dict[str, list[str]]:
 
 def write_report(results: Sequence[NotebookResult], out: Path,
                  expected: dict[str, list[str]] | None = None, *,
-                 cell_timeout: float | None = None, timeout: float | None = None) -> None:
+                 cell_timeout: float | None = None, timeout: float | None = None,
+                 limits: Limits | None = None) -> None:
     """Write ``out/report.csv`` and ``out/report.md``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.csv").write_text(render_csv(results, expected), encoding="utf-8")
     (out / "report.md").write_text(
-        render_markdown(results, expected, cell_timeout=cell_timeout, timeout=timeout),
+        render_markdown(results, expected, cell_timeout=cell_timeout, timeout=timeout,
+                        limits=limits),
         encoding="utf-8")
 
 
@@ -490,7 +660,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="course-grade",
         description="Run submitted notebooks and write a report of every exercise verdict. "
-                    "This runs the students' code: use a throwaway environment.")
+                    "This runs the students' code: each notebook in a sandbox (bubblewrap "
+                    "where it works, else resource limits only; see --sandbox).")
     parser.add_argument("submissions", nargs="+",
                         help="notebooks, or folders searched for *.ipynb")
     parser.add_argument("--out", required=True, type=Path,
@@ -503,9 +674,32 @@ def main(argv: list[str] | None = None) -> int:
                         help="solved notebooks (e.g. solutions/) whose stored verdicts "
                              "list every exercise; may be repeated")
     parser.add_argument("--kernel", default="python3", help="kernel name (default python3)")
+    defaults = Limits()
+    parser.add_argument("--sandbox", choices=sandboxes.MODES, default="auto",
+                        help="auto (default): bubblewrap where it works, else resource limits "
+                             "only (weaker, said in the report); require: bubblewrap or an "
+                             "error; limits: the weaker mode; off: no sandbox (trusted "
+                             "notebooks only)")
+    parser.add_argument("--memory", type=float, default=defaults.memory / (1 << 30),
+                        help="GiB of memory one process of a notebook may use "
+                             f"(default {defaults.memory / (1 << 30):g})")
+    parser.add_argument("--processes", type=int, default=defaults.processes,
+                        help="processes and threads a notebook may run "
+                             f"(default {defaults.processes})")
+    parser.add_argument("--output-limit", type=float, default=defaults.output / MiB,
+                        help="MiB of output kept per cell; a cell printing more is stopped "
+                             f"(default {defaults.output / MiB:g})")
+    parser.add_argument("--pass-env", action="append", default=[], metavar="NAME",
+                        help="an environment variable to pass to the sandboxed kernels "
+                             "besides the allow-listed ones; may be repeated")
     args = parser.parse_args(argv)
     if args.cell_timeout <= 0 or args.timeout <= 0:
         parser.error("timeouts must be positive numbers of seconds")
+    try:
+        limits = Limits(memory=round(args.memory * (1 << 30)), processes=args.processes,
+                        output=round(args.output_limit * MiB))
+    except ValueError:
+        parser.error("--memory, --processes and --output-limit must be positive numbers")
     try:
         import nbclient  # noqa: F401
         import nbformat  # noqa: F401
@@ -519,22 +713,56 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     if not notebooks:
         parser.error("no notebooks found in " + " ".join(args.submissions))
+    try:
+        kind = sandboxes.choose(args.sandbox)
+    except sandboxes.SandboxUnavailable as error:
+        parser.error(str(error))
+    print(_sandbox_line(kind), flush=True)
+    # The kernels must not see the submissions or the report, even where these lie inside
+    # a folder they need (the course's repository, say).
+    hide = [out, *{Path(p).resolve() if Path(p).is_dir() else Path(p).resolve().parent
+                   for p in args.submissions}]
     results = []
     for path, name in notebooks:
         print(f"grading {name} ...", flush=True)
         result = grade_notebook(path, name, cell_timeout=args.cell_timeout,
                                 timeout=args.timeout, kernel_name=args.kernel,
                                 executed_copy=out / "executed" / name,
-                                kernel_log=out / "executed" / f"{name}.kernel.log")
+                                kernel_log=out / "executed" / f"{name}.kernel.log",
+                                sandbox=_MODE_OF_KIND[kind], limits=limits, hide=hide,
+                                pass_env=args.pass_env)
         passed = sum(v == "PASSED" for v in result.verdicts.values())
         print(f"  {result.status}; {passed} passed; {result.seconds:.1f} s", flush=True)
         if result.mismatches:
             print("  printed verdicts not confirmed by the checks: "
                   + "; ".join(result.mismatches), flush=True)
         results.append(result)
-    write_report(results, out, expected, cell_timeout=args.cell_timeout, timeout=args.timeout)
+    write_report(results, out, expected, cell_timeout=args.cell_timeout, timeout=args.timeout,
+                 limits=limits)
     print(f"wrote {out / 'report.csv'} and {out / 'report.md'}")
     return 0
+
+
+#: The mode that gives each kind, once ``choose`` has picked it for this run.
+_MODE_OF_KIND = {"bwrap": "require", "limits": "limits", "off": "off"}
+
+
+def _sandbox_line(kind: str) -> str:
+    """What the command prints about the sandbox before grading."""
+    if kind == "bwrap":
+        return ("sandbox: bubblewrap (each notebook sees the system read-only, its own copy "
+                "and COURSE_DATA_DIR; no network; limits on memory, processes, CPU and output)")
+    if kind == "off":
+        return ("sandbox: off (--sandbox=off): the notebooks run with your environment and "
+                "privileges; use this for trusted notebooks only")
+    why = sandboxes.bwrap_problem() or "--sandbox=limits"
+    line = (f"sandbox: resource limits only ({why}): the notebooks can read your files "
+            "(all of them where they run as your user) and use the network; "
+            "--sandbox=require makes this an error")
+    if not sandboxes.process_limit_binds():
+        line += ("; running as root and no unprivileged user can run this Python, so the "
+                 "number of processes is not limited")
+    return line
 
 
 if __name__ == "__main__":
