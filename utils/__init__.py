@@ -24,11 +24,12 @@ Modules (and the lesson that introduces each):
 - ``precision``: float formats, mixed precision, loss scaling, reproducibility (08).
 - ``robustness``: attacks, corruptions, calibration, out-of-distribution scores (09).
 - ``grading``: ``course-grade``, for instructors.
+- ``sandbox``: the sandboxes ``course-grade`` runs students' kernels in.
 - ``checks``: one module of exercise checkers per lesson.
 """
 
 __all__ = [
     "checks", "cnn", "colab", "data", "environment", "errors", "exercises", "grading",
     "introspection", "parallel", "pipeline", "plotting", "precision", "profiling",
-    "robustness", "sizing", "timing", "training",
+    "robustness", "sandbox", "sizing", "timing", "training",
 ]
