@@ -17,7 +17,7 @@ import sys
 import pytest
 from checker_helpers import expect_failed, run_checker, stub
 
-from utils import cnn, robustness, training
+from utils import cnn, kernels, robustness, training
 from utils.checks import lesson00_setup as l00
 from utils.checks import lesson01_gpu_basics as l01
 from utils.checks import lesson02_jit as l02
@@ -28,6 +28,7 @@ from utils.checks import lesson06_multi_device as l06
 from utils.checks import lesson07_performance as l07
 from utils.checks import lesson08_precision_reproducibility as l08
 from utils.checks import lesson09_robustness as l09
+from utils.checks import lesson10_pallas_kernels as l10
 
 CHECKERS = {
     "00 array_nbytes": (l00.array_nbytes, l00.reference_array_nbytes),
@@ -80,6 +81,13 @@ CHECKERS = {
     "05 max_pool": (l05.max_pool, l05.reference_max_pool),
     "05 CNN.__call__": (l05.cnn, cnn.CNN),
     "05 random_translate": (l05.random_translate, l05.reference_random_translate),
+    "10 bias_relu": (l10.bias_relu, kernels.bias_relu),
+    "10 matmul_kernel": (l10.matmul_kernel, kernels.matmul_kernel),
+    "10 row_sum": (l10.row_sum, kernels.row_sum),
+    "10 softmax_kernel": (l10.softmax_kernel, kernels.softmax_kernel),
+    "10 logsumexp_kernel": (l10.logsumexp_kernel, kernels.logsumexp_kernel),
+    "10 attention_kernel": (l10.attention_kernel, kernels.attention_kernel),
+    "10 matmul_looped_kernel": (l10.matmul_looped_kernel, kernels.matmul_looped_kernel),
 }
 
 

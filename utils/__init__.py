@@ -23,6 +23,7 @@ Modules (and the lesson that introduces each):
 - ``profiling``: reading profiler traces and compiler reports (07).
 - ``precision``: float formats, mixed precision, loss scaling, reproducibility (08).
 - ``robustness``: attacks, corruptions, calibration, out-of-distribution scores (09).
+- ``kernels``: Pallas kernels, the block checker and the memory-traffic counter (10).
 - ``grading``: ``course-grade``, for instructors.
 - ``sandbox``: the sandboxes ``course-grade`` runs students' kernels in.
 - ``checks``: one module of exercise checkers per lesson.
@@ -30,6 +31,6 @@ Modules (and the lesson that introduces each):
 
 __all__ = [
     "checks", "cnn", "colab", "data", "environment", "errors", "exercises", "grading",
-    "introspection", "parallel", "pipeline", "plotting", "precision", "profiling",
-    "robustness", "sandbox", "sizing", "timing", "training",
+    "introspection", "kernels", "parallel", "pipeline", "plotting", "precision",
+    "profiling", "robustness", "sandbox", "sizing", "timing", "training",
 ]
