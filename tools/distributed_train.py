@@ -17,8 +17,9 @@ On several GPU hosts, run it once per host with the first host's address as the
 coordinator (``--process-id`` 0 there, 1, 2, ... on the others): each process then uses all
 of its host's GPUs. Under Slurm (or Open MPI) give no ``--coordinator``:
 ``jax.distributed.initialize()`` reads the job's variables, and on GPUs it gives each process
-*one* GPU, the one numbered ``SLURM_LOCALID`` (``jax/_src/clusters``; the ``local_device_ids``
-entry of ``jax.distributed.initialize``'s documentation). So start one task per GPU, each
+*one* GPU, the one numbered by its local rank (``SLURM_LOCALID``; Open MPI's local rank):
+``jax/_src/clusters``, and the ``local_device_ids`` entry of ``jax.distributed.initialize``'s
+documentation. So start one task per GPU, each
 seeing all of its node's GPUs (2 nodes x 8 GPUs: 16 processes, 16 devices)::
 
     srun --nodes=2 --ntasks-per-node=8 --gpus-per-node=8 python tools/distributed_train.py

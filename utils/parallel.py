@@ -276,10 +276,9 @@ def allreduce_traffic(nbytes: int, n_devices: int) -> tuple[int, int]:
     ``2 (N - 1)`` rounds, ``2 (N - 1) / N * nbytes``: less than twice the array, whatever
     ``N``. ``nbytes`` must be a multiple of ``n_devices``. Whole numbers, exactly.
     """
-    for name, value in (("nbytes", nbytes), ("n_devices", n_devices)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (name == "n_devices"):
-            raise ValueError(f"{name} must be a whole number (n_devices at least 1), got "
-                             f"{value!r}.")
+    for name, value, least in (("nbytes", nbytes, 0), ("n_devices", n_devices, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be a whole number, at least {least}; got {value!r}.")
     if nbytes % n_devices:
         raise ValueError(f"nbytes ({nbytes}) must be a multiple of n_devices ({n_devices}).")
     chunk = nbytes // n_devices
