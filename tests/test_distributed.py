@@ -89,6 +89,43 @@ def test_bad_arguments_get_a_clear_error(capsys):
     assert "--sync-every 1 to 10" in capsys.readouterr().err
 
 
+def test_local_device_ids_are_parsed_and_checked(capsys):
+    args = parallel.parse_distributed_args(["--local-device-ids", "0,1, 2,3"])
+    assert args.local_device_ids == [0, 1, 2, 3]
+    assert parallel.parse_distributed_args([]).local_device_ids is None  # JAX decides
+    with pytest.raises(SystemExit):
+        parallel.parse_distributed_args(["--local-device-ids", "0;1"])
+    assert "device numbers separated by commas, such as 0,1,2,3" in capsys.readouterr().err
+
+
+def test_the_documented_slurm_command_starts_one_task_per_gpu():
+    """JAX's Slurm detection gives each process the one GPU of its SLURM_LOCALID: the script's
+    documentation must not show one task per node without --local-device-ids."""
+    doc = Path(SCRIPT).read_text()
+    assert "srun --nodes=2 --ntasks-per-node=8 --gpus-per-node=8" in doc
+    for line in doc.splitlines():
+        if "--ntasks-per-node=1" in line and line.strip().startswith("srun"):
+            assert line.rstrip().endswith("\\"), line  # continued with --local-device-ids
+    assert "--local-device-ids 0,1,2,3,4,5,6,7" in doc
+
+
+def test_jax_slurm_detection_gives_each_process_one_gpu(monkeypatch):
+    """The fact the Slurm advice rests on, in the installed JAX (a private API: if this test
+    breaks, re-read jax/_src/clusters and update the lesson, the script and the README)."""
+    from jax._src import clusters
+
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "node[001-002]",
+             "SLURM_NTASKS": "16", "SLURM_PROCID": "11", "SLURM_LOCALID": "3"}
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    _, n, me, local = clusters.ClusterEnv.auto_detect_unset_distributed_params(
+        None, None, None, None, None, None)
+    assert (n, me, list(local)) == (16, 11, [3])  # one GPU: the one numbered SLURM_LOCALID
+    *_, given = clusters.ClusterEnv.auto_detect_unset_distributed_params(
+        None, None, None, [0, 1, 2, 3, 4, 5, 6, 7], None, None)
+    assert list(given) == [0, 1, 2, 3, 4, 5, 6, 7]  # --local-device-ids is kept
+
+
 def test_the_command_runs_the_script_of_the_checkout():
     command = parallel.distributed_command("--steps", "3")
     assert command == [sys.executable, SCRIPT, "--steps", "3"]
