@@ -72,11 +72,12 @@ __all__ = [
 
 #: The XLA flag that asks for run-to-run determinism on a GPU (CPU builds accept it and
 #: ignore it). It is a superset of :data:`EXCLUDE_NONDETERMINISTIC_FLAG` (XLA pull request
-#: 12520): it sets that flag too and also stops the autotuner from timing candidate kernels.
+#: 12520): it sets that flag too, and when that one was added (2024) it also stopped the
+#: autotuner from timing candidate kernels; XLA's autotuner now takes its first candidate
+#: under either flag.
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
 #: The narrower flag that XLA's determinism page documents: deterministic kernels only
-#: (scatter, GEMMs, convolutions, fused attention), compilation fails on select-and-scatter;
-#: autotuning may still run.
+#: (scatter, GEMMs, convolutions, fused attention); compilation fails on select-and-scatter.
 EXCLUDE_NONDETERMINISTIC_FLAG = "--xla_gpu_exclude_nondeterministic_ops=true"
 _DETERMINISM_FLAG_NAMES = ("xla_gpu_deterministic_ops", "xla_gpu_exclude_nondeterministic_ops")
 
@@ -507,8 +508,9 @@ def set_deterministic_ops(enabled: bool = True, *, flag: str = DETERMINISTIC_FLA
     """Ask XLA for deterministic GPU kernels (or stop asking) in ``XLA_FLAGS``; returns it.
 
     ``flag`` is :data:`DETERMINISTIC_FLAG` (``--xla_gpu_deterministic_ops=true``, the
-    default: deterministic kernels and no autotuning by timing) or
-    :data:`EXCLUDE_NONDETERMINISTIC_FLAG` (deterministic kernels only). ``enabled=False``
+    default and the broader one) or :data:`EXCLUDE_NONDETERMINISTIC_FLAG`
+    (``--xla_gpu_exclude_nondeterministic_ops=true``, the one XLA's determinism page
+    documents). ``enabled=False``
     removes both flags. XLA reads its flags once, when JAX starts its backend: call this
     before any cell that uses JAX (next to ``environment.configure_gpu_memory``). Asking for
     a change after JAX started raises ``environment.RestartKernelError``; asking for what is
