@@ -389,6 +389,15 @@ def test_determinism_probe_in_a_child_process_with_the_flag():
             assert child[op]["max_abs_diff"] == 0.0 and child[op]["median_s"] > 0
 
 
+def test_determinism_probe_untimed_compares_results_only():
+    child = precision.run_determinism_probe(
+        True, size=1024, repeats=2, flag=precision.EXCLUDE_NONDETERMINISTIC_FLAG, timed=False)
+    assert child["deterministic_flag"] is True  # the narrower flag, accepted by CPU builds too
+    assert child["sum"]["identical"] and child["sum"]["median_s"] is None
+    with pytest.raises(ValueError, match="EXCLUDE_NONDETERMINISTIC_FLAG"):
+        precision.run_determinism_probe(True, flag="--xla_gpu_deterministic_ops")
+
+
 def test_run_determinism_probe_reports_a_failing_child(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_no_such_flag_for_the_test=1")  # aborts XLA
     with pytest.raises(RuntimeError, match="determinism probe"):

@@ -541,7 +541,8 @@ def set_deterministic_ops(enabled: bool = True, *, flag: str = DETERMINISTIC_FLA
     return flags
 
 
-def determinism_probe(size: int = 1 << 20, bins: int = 1000, repeats: int = 5) -> dict[str, Any]:
+def determinism_probe(size: int = 1 << 20, bins: int = 1000, repeats: int = 5,
+                      timed: bool = True) -> dict[str, Any]:
     """Run operations that may be non-deterministic on a GPU ``repeats`` times; compare.
 
     - ``scatter_add``: ``size`` float32 values added into ``bins`` bins at random indices
@@ -552,7 +553,8 @@ def determinism_probe(size: int = 1 << 20, bins: int = 1000, repeats: int = 5) -
 
     Returns a JSON-able dict: ``backend``, ``deterministic_flag`` and, per operation, either
     ``{"identical": bool, "distinct_results": int, "max_abs_diff": float, "median_s":
-    float}`` (``median_s`` from ``timing.benchmark``) or ``{"error": "Type: message"}``.
+    float}`` (``median_s`` from ``timing.benchmark``; ``None`` with ``timed=False``) or
+    ``{"error": "Type: message"}``.
     """
     from utils import timing
     from utils.exercises import summarize_error
@@ -580,7 +582,8 @@ def determinism_probe(size: int = 1 << 20, bins: int = 1000, repeats: int = 5) -
     for name, (fn, args) in ops.items():
         try:
             outs = [np.asarray(jax.block_until_ready(fn(*args))) for _ in range(repeats)]
-            median_s = timing.benchmark(fn, *args, repeats=5, name=name).median_s
+            median_s = (timing.benchmark(fn, *args, repeats=5, name=name).median_s if timed
+                        else None)
         except Exception as error:  # e.g. no deterministic kernel under the flag
             results[name] = {"error": summarize_error(error)}
             continue
@@ -592,7 +595,8 @@ def determinism_probe(size: int = 1 << 20, bins: int = 1000, repeats: int = 5) -
 
 
 def run_determinism_probe(deterministic: bool, *, size: int = 1 << 20, repeats: int = 5,
-                          flag: str = DETERMINISTIC_FLAG, timeout: float = 300) -> dict[str, Any]:
+                          flag: str = DETERMINISTIC_FLAG, timed: bool = True,
+                          timeout: float = 300) -> dict[str, Any]:
     """:func:`determinism_probe` in a fresh Python process, with or without the flag.
 
     XLA's flags are fixed once JAX has started, so a notebook compares both settings by
@@ -600,8 +604,9 @@ def run_determinism_probe(deterministic: bool, *, size: int = 1 << 20, repeats: 
     ``XLA_FLAGS`` without either determinism flag, or with ``flag``
     (:data:`DETERMINISTIC_FLAG` or :data:`EXCLUDE_NONDETERMINISTIC_FLAG`). Running both
     settings this way compares like with like (the same start-up, the same state of the
-    machine). Raises ``RuntimeError`` with the child's last error lines if it fails or
-    writes anything to stderr.
+    machine). ``timed=False`` skips the timing (the results are compared all the same).
+    Raises ``RuntimeError`` with the child's last error lines if it fails or writes
+    anything to stderr.
     """
     if flag not in (DETERMINISTIC_FLAG, EXCLUDE_NONDETERMINISTIC_FLAG):
         raise ValueError(f"run_determinism_probe: flag must be precision.DETERMINISTIC_FLAG or "
@@ -614,7 +619,7 @@ def run_determinism_probe(deterministic: bool, *, size: int = 1 << 20, repeats: 
         env.pop("XLA_FLAGS", None)
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # share the GPU with the notebook
     cmd = [sys.executable, "-m", "utils.precision", "--size", str(size),
-           "--repeats", str(repeats)]
+           "--repeats", str(repeats)] + ([] if timed else ["--untimed"])
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0 or done.stderr.strip():
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
@@ -685,8 +690,10 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the determinism probe; print JSON.")
     parser.add_argument("--size", type=int, default=1 << 20)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--untimed", action="store_true", help="compare results only")
     args = parser.parse_args(argv)
-    print(json.dumps(determinism_probe(size=args.size, repeats=args.repeats)))
+    print(json.dumps(determinism_probe(size=args.size, repeats=args.repeats,
+                                       timed=not args.untimed)))
 
 
 if __name__ == "__main__":
