@@ -74,7 +74,7 @@ CHECKERS = {
     "08 round_to_bfloat16": (l08.round_to_bfloat16, l08.reference_round_to_bfloat16),
     "08 relative_error": (l08.relative_error, l08.reference_relative_error),
     "08 update_loss_scale": (l08.update_loss_scale, l08.reference_update_loss_scale),
-    "08 split_for_workers": (l08.split_for_workers, l08.reference_split_for_workers),
+    "08 worker_key": (l08.worker_key, l08.reference_worker_key),
     "08 first_difference": (l08.first_difference, l08.reference_first_difference),
     "05 conv_output_size": (l05.conv_output_size, cnn.conv_output_size),
     "05 conv2d_im2col": (l05.conv2d_im2col, l05.reference_conv2d_im2col),

@@ -81,6 +81,34 @@ def test_round_to_bfloat16_matches_ml_dtypes_on_every_kind_of_bits():
     assert np.array_equal(got[~nan].view(np.uint32), expected[~nan].view(np.uint32))
 
 
+@pytest.mark.parametrize("bits", [7, 10])
+def test_round_mantissa_matches_a_cast_for_bfloat16_and_tf32_rounds_to_nearest(bits):
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(64, 16)) * np.exp2(rng.integers(-30, 30, (64, 16)))).astype(np.float32)
+    x[0, :4] = [np.nan, np.inf, -0.0, np.finfo(np.float32).max]
+    got = np.asarray(precision.round_mantissa(x, bits))
+    if bits == 7:
+        expected = _expected_bf16(x)
+    else:  # nearest value with 10 explicit mantissa bits: spacing 2**(e - 10)
+        e = np.floor(np.log2(np.abs(x.astype(np.float64)), where=np.isfinite(x) & (x != 0),
+                             out=np.zeros(x.shape)))
+        step = np.exp2(e - 10)
+        with np.errstate(all="ignore"):
+            expected = (np.round(x / step) * step).astype(np.float32)  # ties to even
+        expected = np.where(np.isfinite(x) & (x != 0), expected, x)
+        expected[0, 3] = np.inf  # float32's largest is beyond TF32's: rounds up to inf
+    nan = np.isnan(x)
+    assert np.array_equal(np.isnan(got), nan)
+    assert np.array_equal(got[~nan].view(np.uint32), expected[~nan].view(np.uint32))
+
+
+def test_round_mantissa_rejects_bad_bits():
+    for bits in (0, 24, 7.0, True):
+        with pytest.raises(ValueError, match="mantissa_bits"):
+            precision.round_mantissa(np.ones(2, np.float32), bits)
+    assert np.array_equal(precision.round_mantissa(np.float32([1.1]), 23), np.float32([1.1]))
+
+
 def test_relative_error_scalar_batched_and_mixed_dtypes():
     assert precision.relative_error(np.float32(1.5), 1.0) == pytest.approx(0.5)
     exact = np.array([[3.0, 4.0]])
@@ -236,13 +264,18 @@ def test_loss_scaled_model_trains_with_fit():
 # --- keys and bit-for-bit comparison --------------------------------------------------------
 
 
-def test_split_for_workers_distinct_and_deterministic():
+def test_worker_key_distinct_deterministic_and_jittable():
     key = jax.random.key(3)
-    next_key, workers = precision.split_for_workers(key, 5)
-    rows = np.asarray(jax.random.key_data(jnp.concatenate([next_key[None], workers, key[None]])))
-    assert workers.shape == (5,) and len({r.tobytes() for r in rows}) == 7
-    again = precision.split_for_workers(key, 5)[1]
-    assert np.array_equal(jax.random.key_data(again), jax.random.key_data(workers))
+    triples = [(0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0), (0, 1, 1), (2**31 - 1, 5, 7)]
+    keys = [precision.worker_key(key, *t) for t in triples]
+    rows = {np.asarray(jax.random.key_data(k)).tobytes() for k in keys + [key]}
+    assert len(rows) == len(triples) + 1  # all different, none the key given
+    jitted = jax.jit(jax.vmap(precision.worker_key, in_axes=(None, 0, 0, 0)))
+    batch = jitted(key, *(jnp.asarray([t[i] for t in triples], jnp.int32) for i in range(3)))
+    assert batch.shape == (len(triples),) and jax.dtypes.issubdtype(batch.dtype,
+                                                                    jax.dtypes.prng_key)
+    for k, b in zip(keys, batch, strict=True):
+        assert np.array_equal(jax.random.key_data(k), jax.random.key_data(b))
 
 
 def test_first_difference_bitwise():
@@ -252,11 +285,20 @@ def test_first_difference_bitwise():
     signed = {"w": np.array([-0.0, np.nan], np.float32), "b": np.ones(2, np.float32) * 3}
     assert precision.first_difference(a, signed) == ("b", 2.0)  # "b" comes first
     signed["b"] = np.ones(2, np.float32)
-    path, diff = precision.first_difference(a, signed)
-    assert path == "w" and np.isnan(diff)  # a NaN in the leaf: its difference is NaN
-    no_nan = {"w": np.array([0.0, 2.0], np.float32), "b": np.ones(2, np.float32)}
-    no_nan_signed = {"w": np.array([-0.0, 2.0], np.float32), "b": np.ones(2, np.float32)}
-    assert precision.first_difference(no_nan, no_nan_signed) == ("w", 0.0)
+    # NaN against NaN counts 0, -0.0 against 0.0 counts 0: the leaf differs, at distance 0
+    assert precision.first_difference(a, signed) == ("w", 0.0)
+    ulp = {"w": np.array([np.nextafter(np.float32(0), np.float32(1)), np.nan], np.float32),
+           "b": np.ones(2, np.float32)}
+    assert precision.first_difference(a, ulp) == ("w", float(np.float32(2.0**-149)))
+    number = {"w": np.array([0.0, 1.0], np.float32), "b": np.ones(2, np.float32)}
+    path, diff = precision.first_difference(a, number)
+    assert path == "w" and np.isnan(diff)  # a NaN against a number
+    infs = {"x": np.array([np.inf, -np.inf], np.float32)}
+    assert precision.first_difference(infs, {"x": np.array([np.inf, np.inf], np.float32)}) == (
+        "x", float("inf"))
+    payload = {"x": np.array([np.nan], np.float32)}
+    other = {"x": np.array([0x7FC00001], np.uint32).view(np.float32)}
+    assert precision.first_difference(payload, other) == ("x", 0.0)
 
 
 def test_first_difference_scalars_shapes_and_nnx_state():
@@ -277,6 +319,28 @@ def test_first_difference_rejects_different_structures():
 # --- the deterministic-ops flag -------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("flags", "enabled"), [
+    ("", False),
+    ("--xla_gpu_deterministic_ops=true", True),
+    ("--xla_gpu_deterministic_ops=TRUE", True),
+    ("--xla_gpu_deterministic_ops=1", True),
+    ("--xla_gpu_deterministic_ops", True),
+    ("--xla_gpu_deterministic_ops=false", False),
+    ("--xla_gpu_deterministic_ops=0", False),
+    ("--xla_gpu_exclude_nondeterministic_ops=true", True),
+    ("--xla_gpu_exclude_nondeterministic_ops", True),
+    ("--xla_gpu_exclude_nondeterministic_ops=1", True),
+    ("--xla_gpu_deterministic_ops_something_else=true", False),  # another flag
+    ("--xla_gpu_deterministic_ops=true --xla_gpu_deterministic_ops=false", False),  # last wins
+    ("--xla_force_host_platform_device_count=2 --xla_gpu_exclude_nondeterministic_ops=0 "
+     "--xla_gpu_deterministic_ops=1", True),
+])
+def test_deterministic_ops_enabled_reads_both_flags_as_xla_does(monkeypatch, flags, enabled):
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    assert precision.deterministic_ops_enabled() is enabled
+    assert precision.deterministic_ops_enabled(flags) is enabled
+
+
 def test_set_deterministic_ops_edits_xla_flags_before_jax_starts(monkeypatch):
     monkeypatch.setattr(environment, "jax_started", lambda: False)
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
@@ -287,6 +351,13 @@ def test_set_deterministic_ops_edits_xla_flags_before_jax_starts(monkeypatch):
     assert precision.set_deterministic_ops(True) == flags  # asking again is harmless
     assert precision.set_deterministic_ops(False) == "--xla_force_host_platform_device_count=2"
     assert not precision.deterministic_ops_enabled()
+    flags = precision.set_deterministic_ops(True, flag=precision.EXCLUDE_NONDETERMINISTIC_FLAG)
+    assert flags.split()[-1] == "--xla_gpu_exclude_nondeterministic_ops=true"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_exclude_nondeterministic_ops "
+                                    "--xla_gpu_deterministic_ops=1")
+    assert precision.set_deterministic_ops(False) == ""  # both flags removed
+    with pytest.raises(ValueError, match="DETERMINISTIC_FLAG"):
+        precision.set_deterministic_ops(True, flag="--xla_gpu_deterministic_ops")
 
 
 def test_set_deterministic_ops_unsets_an_empty_variable(monkeypatch):
@@ -318,6 +389,15 @@ def test_determinism_probe_in_a_child_process_with_the_flag():
             assert child[op]["max_abs_diff"] == 0.0 and child[op]["median_s"] > 0
 
 
+def test_determinism_probe_untimed_compares_results_only():
+    child = precision.run_determinism_probe(
+        True, size=1024, repeats=2, flag=precision.EXCLUDE_NONDETERMINISTIC_FLAG, timed=False)
+    assert child["deterministic_flag"] is True  # the narrower flag, accepted by CPU builds too
+    assert child["sum"]["identical"] and child["sum"]["median_s"] is None
+    with pytest.raises(ValueError, match="EXCLUDE_NONDETERMINISTIC_FLAG"):
+        precision.run_determinism_probe(True, flag="--xla_gpu_deterministic_ops")
+
+
 def test_run_determinism_probe_reports_a_failing_child(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_no_such_flag_for_the_test=1")  # aborts XLA
     with pytest.raises(RuntimeError, match="determinism probe"):
@@ -327,5 +407,23 @@ def test_run_determinism_probe_reports_a_failing_child(monkeypatch):
 def test_reproducibility_report_lists_versions_and_settings():
     text = precision.reproducibility_report()
     for field in ("jax ", "XLA_FLAGS", "deterministic GPU ops", "jax_default_matmul_precision",
-                  "jax_enable_x64", "devices:"):
+                  "jax_enable_x64", "jax_threefry_partitionable", "compute capability",
+                  "devices:"):
         assert field in text
+
+
+def test_cuda_library_versions_reads_installed_packages(monkeypatch):
+    import importlib.metadata
+
+    installed = {"nvidia-cudnn-cu12": "9.19.0.56", "nvidia-cuda-runtime": "13.0.96"}
+
+    def version(name):
+        if name in installed:
+            return installed[name]
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert precision.cuda_library_versions() == {
+        "CUDA runtime": "nvidia-cuda-runtime 13.0.96", "cuDNN": "nvidia-cudnn-cu12 9.19.0.56"}
+    installed.clear()
+    assert precision.cuda_library_versions() == {}

@@ -7,19 +7,23 @@ tests and later lessons can import them:
   formats the installed JAX has (float8 only where it exists), their range and precision
   from ``jnp.finfo``, and how one number is stored.
 - :func:`round_to_bfloat16`: float32 -> the nearest bfloat16 value (round half to even), on
-  the bits. :func:`relative_error`: ``||approx - exact|| / ||exact||`` in float64.
+  the bits; :func:`round_mantissa` the same for any number of mantissa bits (10: TF32, the
+  format of NVIDIA's tensor cores for float32 matmuls on A100 and newer).
+  :func:`relative_error`: ``||approx - exact|| / ||exact||`` in float64.
 - :class:`MixedPrecisionMLP`: lesson 04's MLP with a compute ``dtype`` and a parameter
   ``param_dtype`` (``utils.training.MLP`` is float32 only); its logits come out in float32.
 - :func:`pick_compute_dtype`: bfloat16, float16 or float32 for the device at hand.
 - Dynamic loss scaling for float16: :func:`update_loss_scale`, :func:`all_finite`,
   :class:`LossScaled` (a model wrapper holding the scale) and
   :func:`loss_scaled_batch_step` (a batch step for ``utils.training.fit``).
-- Reproducibility: :func:`split_for_workers` (one key per worker, none reused),
+- Reproducibility: :func:`worker_key` (one key per (epoch, step, worker), none reused),
   :func:`first_difference` (the first leaf where two parameter trees differ, bit for bit),
-  :func:`set_deterministic_ops` (``--xla_gpu_deterministic_ops`` in ``XLA_FLAGS``, before
-  JAX starts), :func:`determinism_probe` / :func:`run_determinism_probe` (repeat
-  operations that may be non-deterministic on a GPU, in a child process with or without
-  the flag) and :func:`reproducibility_report`.
+  :func:`deterministic_ops_enabled` / :func:`set_deterministic_ops` (XLA's two GPU
+  determinism flags, ``--xla_gpu_deterministic_ops`` and
+  ``--xla_gpu_exclude_nondeterministic_ops``, in ``XLA_FLAGS`` before JAX starts),
+  :func:`determinism_probe` / :func:`run_determinism_probe` (repeat operations that may be
+  non-deterministic on a GPU, in a child process with or without the flag) and
+  :func:`reproducibility_report`.
 
 Importing this module imports JAX but does not start it, so ``set_deterministic_ops`` still
 works after the import (it must run before JAX's first array or device query).
@@ -40,12 +44,15 @@ import numpy as np
 from flax import nnx
 
 __all__ = [
+    "CUDA_PACKAGES",
     "DETERMINISTIC_FLAG",
+    "EXCLUDE_NONDETERMINISTIC_FLAG",
     "LossScaleVariable",
     "LossScaled",
     "MixedPrecisionMLP",
     "all_finite",
     "bit_fields",
+    "cuda_library_versions",
     "determinism_probe",
     "deterministic_ops_enabled",
     "first_difference",
@@ -55,15 +62,24 @@ __all__ = [
     "pick_compute_dtype",
     "relative_error",
     "reproducibility_report",
+    "round_mantissa",
     "round_to_bfloat16",
     "run_determinism_probe",
     "set_deterministic_ops",
-    "split_for_workers",
     "update_loss_scale",
+    "worker_key",
 ]
 
-#: The XLA flag that asks for deterministic GPU kernels (CPU builds accept it and ignore it).
+#: The XLA flag that asks for run-to-run determinism on a GPU (CPU builds accept it and
+#: ignore it). It is a superset of :data:`EXCLUDE_NONDETERMINISTIC_FLAG` (XLA pull request
+#: 12520): it sets that flag too, and when that one was added (2024) it also stopped the
+#: autotuner from timing candidate kernels; XLA's autotuner now takes its first candidate
+#: under either flag.
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
+#: The narrower flag that XLA's determinism page documents: deterministic kernels only
+#: (scatter, GEMMs, convolutions, fused attention); compilation fails on select-and-scatter.
+EXCLUDE_NONDETERMINISTIC_FLAG = "--xla_gpu_exclude_nondeterministic_ops=true"
+_DETERMINISM_FLAG_NAMES = ("xla_gpu_deterministic_ops", "xla_gpu_exclude_nondeterministic_ops")
 
 _BASE_FORMATS = ("float32", "bfloat16", "float16")
 _FLOAT8_FORMATS = ("float8_e4m3fn", "float8_e5m2")  # OCP FP8 as on H100-class GPUs
@@ -153,6 +169,32 @@ def round_to_bfloat16(x: Any) -> Any:
     return jnp.where(jnp.isnan(x), jnp.nan, jax.lax.bitcast_convert_type(rounded, jnp.float32))
 
 
+def round_mantissa(x: Any, mantissa_bits: int) -> Any:
+    """Round float32 values to ``mantissa_bits`` explicit mantissa bits, ties to even.
+
+    x: float32 array, any shape; ``mantissa_bits`` from 1 to 23. Returns float32 of the same
+    shape: the nearest value of a format with float32's 8 exponent bits and that many
+    mantissa bits (7: bfloat16, the same as :func:`round_to_bfloat16`; 10: TF32, what
+    NVIDIA's tensor cores round float32 inputs to). NaN stays NaN; values beyond the
+    format's largest round to +-inf. Raises ``ValueError`` for other ``mantissa_bits``.
+    """
+
+    if isinstance(mantissa_bits, bool) or not isinstance(mantissa_bits, int) or not (
+            1 <= mantissa_bits <= 23):
+        raise ValueError(f"round_mantissa: mantissa_bits must be an int from 1 to 23 (7: "
+                         f"bfloat16, 10: TF32), got {mantissa_bits!r}.")
+    x = jnp.asarray(x, jnp.float32)
+    if mantissa_bits == 23:
+        return x
+    dropped = 23 - mantissa_bits
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    lowest_kept = (bits >> dropped) & jnp.uint32(1)
+    half = jnp.uint32((1 << (dropped - 1)) - 1)
+    mask = jnp.uint32((0xFFFFFFFF >> dropped) << dropped)
+    rounded = (bits + half + lowest_kept) & mask
+    return jnp.where(jnp.isnan(x), jnp.nan, jax.lax.bitcast_convert_type(rounded, jnp.float32))
+
+
 def relative_error(approx: Any, exact: Any) -> float:
     """``||approx - exact|| / ||exact||`` (Frobenius norm over all entries), in float64.
 
@@ -218,18 +260,16 @@ def pick_compute_dtype(device: Any = None) -> Any:
     - anything else (a CPU): ``float32``, where narrow formats are rarely faster.
     """
 
+    from utils import environment
+
     device = jax.devices()[0] if device is None else device
     if device.platform == "tpu":
         return jnp.bfloat16
     if device.platform == "gpu":
-        capability = getattr(device, "compute_capability", None)
-        try:
-            major = int(str(capability).split(".")[0])
-        except ValueError:
-            major = None
-        if major is None:  # not CUDA (e.g. ROCm): bfloat16 is the safe mixed format
+        capability = environment.compute_capability(device)
+        if capability is None:  # not CUDA (e.g. ROCm): bfloat16 is the safe mixed format
             return jnp.bfloat16
-        return jnp.bfloat16 if major >= 8 else jnp.float16
+        return jnp.bfloat16 if capability >= (8, 0) else jnp.float16
     return jnp.float32
 
 
@@ -351,17 +391,20 @@ def loss_scaled_batch_step(
 # --------------------------------------------------------------------------------------
 
 
-def split_for_workers(key: Any, num_workers: int) -> tuple[Any, Any]:
-    """``(next_key, worker_keys)``: one fresh key for each of ``num_workers`` workers.
+def worker_key(key: Any, epoch: Any, step: Any, worker: Any) -> Any:
+    """The key of one worker at one step of one epoch, derived from ``key`` alone.
 
-    key: a typed key (``jax.random.key``). ``worker_keys`` has shape ``(num_workers,)``;
-    ``next_key`` is the key to keep for the next round. All ``num_workers + 1`` keys differ
-    from each other and from ``key`` (which must not be used again), and the same ``key``
-    always gives the same keys.
+    key: a typed key (``jax.random.key``); epoch, step, worker: non-negative integers below
+    2**31 (Python ints or int32 scalars, traced under ``jax.jit`` or ``jax.vmap`` too).
+    Returns a typed key of shape ``()``. Every (epoch, step, worker) gets its own key, none
+    equal to ``key``; the same arguments always give the same key; another ``key`` gives
+    other keys. One ``jax.random.fold_in`` per index, each into the key the previous one
+    gave: a path down a tree, so no packing of the three numbers into one can collide.
     """
 
-    keys = jax.random.split(key, num_workers + 1)
-    return keys[0], keys[1:]
+    for index in (epoch, step, worker):
+        key = jax.random.fold_in(key, index)
+    return key
 
 
 def _path_name(path: Any) -> str:
@@ -369,15 +412,37 @@ def _path_name(path: Any) -> str:
     return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
+def _leaf_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest ``|a - b|`` in float64; equal numbers (inf too) and NaN against NaN count 0,
+    NaN against a number makes it NaN."""
+    if a.shape != b.shape:
+        return float("nan")
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    nan_a, nan_b = np.isnan(a64), np.isnan(b64)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(a64 - b64)
+    diff = np.where((a64 == b64) | (nan_a & nan_b), 0.0, diff)
+    diff = np.where(nan_a != nan_b, np.nan, diff)
+    return float(np.max(diff, initial=0.0)) if not np.isnan(diff).any() else float("nan")
+
+
 def first_difference(tree_a: Any, tree_b: Any) -> tuple[str, float] | None:
     """Compare two pytrees bit for bit; ``None`` when identical, else the first difference.
 
-    Returns ``(path, max_abs_diff)`` for the first leaf (in ``jax.tree_util`` order) whose
-    shape, dtype or bits differ: ``path`` is
-    ``jax.tree_util.keystr(path, simple=True, separator="/")`` (e.g. ``"hidden1/kernel/value"``)
-    and ``max_abs_diff`` the largest ``|a - b|`` over that leaf, in float64 (NaN when the
-    shapes differ or a NaN is involved). Bit for bit means ``0.0`` and ``-0.0`` differ and a
-    NaN equals the same NaN. Raises ``ValueError`` when the two trees' structures differ.
+    Two leaves are identical when their shapes, dtypes and bytes are equal (so ``0.0`` and
+    ``-0.0`` differ, and a NaN equals the same NaN). Returns ``(path, distance)`` for the
+    first leaf (in ``jax.tree_util`` order) that is not identical: ``path`` is
+    ``jax.tree_util.keystr(path, simple=True, separator="/")`` (e.g.
+    ``"hidden1/kernel/value"``) and ``distance`` the largest ``|a - b|`` over that leaf's
+    entries, in float64, where
+
+    - entries that are equal numbers (``0.0`` and ``-0.0``, ``inf`` and ``inf``) count 0;
+    - an entry where both are NaN counts 0 (whatever their bits);
+    - an entry where exactly one is NaN makes the distance NaN;
+    - the distance is NaN when the two leaves' shapes differ.
+
+    So a leaf whose only change is a sign of zero, a NaN payload or its dtype has distance
+    0.0. Raises ``ValueError`` when the two trees' structures differ.
     """
 
     leaves_a, struct_a = jax.tree_util.tree_flatten_with_path(tree_a)
@@ -391,46 +456,84 @@ def first_difference(tree_a: Any, tree_b: Any) -> tuple[str, float] | None:
         a, b = np.asarray(a), np.asarray(b)
         if a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes():
             continue
-        if a.shape != b.shape:
-            return _path_name(path), float("nan")
-        diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-        return _path_name(path), float(np.max(diff)) if diff.size else 0.0
+        return _path_name(path), _leaf_distance(a, b)
     return None
 
 
-def deterministic_ops_enabled() -> bool:
-    """Whether ``XLA_FLAGS`` asks for deterministic GPU kernels (:data:`DETERMINISTIC_FLAG`)."""
-    flags = os.environ.get("XLA_FLAGS", "").split()
-    return any(f in (DETERMINISTIC_FLAG, "--xla_gpu_deterministic_ops") for f in flags)
+def _flag_value(token: str, name: str) -> bool | None:
+    """The value XLA reads from one ``XLA_FLAGS`` token for the bool flag ``name``, or None
+    when the token is another flag. Like XLA's parser: a bare flag is true, ``=true`` /
+    ``=1`` true and ``=false`` / ``=0`` false (case does not matter)."""
+    prefix = "--" + name
+    if not token.startswith(prefix):
+        return None
+    rest = token[len(prefix):]
+    if rest == "":
+        return True
+    if not rest.startswith("="):  # a longer flag name that begins the same way
+        return None
+    value = rest[1:].lower()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0"):
+        return False
+    return None  # XLA refuses to start with such a value
 
 
-def _flags_with(flags: str, enabled: bool) -> str:
-    kept = [f for f in flags.split() if not f.startswith("--xla_gpu_deterministic_ops")]
-    return " ".join(kept + ([DETERMINISTIC_FLAG] if enabled else []))
+def deterministic_ops_enabled(flags: str | None = None) -> bool:
+    """Whether ``flags`` (default: ``XLA_FLAGS``) asks XLA for deterministic GPU kernels.
+
+    True when ``--xla_gpu_deterministic_ops`` or ``--xla_gpu_exclude_nondeterministic_ops``
+    is on, written as XLA reads it: bare, ``=true`` or ``=1`` (``=false`` / ``=0`` turn it
+    off; the last occurrence of a flag wins).
+    """
+    flags = os.environ.get("XLA_FLAGS", "") if flags is None else flags
+    state = dict.fromkeys(_DETERMINISM_FLAG_NAMES, False)
+    for token in flags.split():
+        for name in _DETERMINISM_FLAG_NAMES:
+            value = _flag_value(token, name)
+            if value is not None:
+                state[name] = value
+    return any(state.values())
 
 
-def set_deterministic_ops(enabled: bool = True) -> str:
-    """Add (or remove) ``--xla_gpu_deterministic_ops=true`` in ``XLA_FLAGS``; returns it.
+def _flags_with(flags: str, enabled: bool, flag: str = DETERMINISTIC_FLAG) -> str:
+    kept = [f for f in flags.split()
+            if not any(_flag_value(f, name) is not None or f.startswith(f"--{name}=")
+                       for name in _DETERMINISM_FLAG_NAMES)]
+    return " ".join(kept + ([flag] if enabled else []))
 
-    XLA reads its flags once, when JAX starts its backend: call this before any cell that
-    uses JAX (next to ``environment.configure_gpu_memory``). Asking for a change after JAX
-    started raises ``environment.RestartKernelError``; asking for what is already set is
-    harmless. On a CPU the flag is accepted and changes nothing. On a GPU it makes XLA pick
-    deterministic kernels (scatter-adds get slower) and makes the operations that have no
-    deterministic kernel, such as max-pool gradients (``select_and_scatter``), fail.
+
+def set_deterministic_ops(enabled: bool = True, *, flag: str = DETERMINISTIC_FLAG) -> str:
+    """Ask XLA for deterministic GPU kernels (or stop asking) in ``XLA_FLAGS``; returns it.
+
+    ``flag`` is :data:`DETERMINISTIC_FLAG` (``--xla_gpu_deterministic_ops=true``, the
+    default and the broader one) or :data:`EXCLUDE_NONDETERMINISTIC_FLAG`
+    (``--xla_gpu_exclude_nondeterministic_ops=true``, the one XLA's determinism page
+    documents). ``enabled=False``
+    removes both flags. XLA reads its flags once, when JAX starts its backend: call this
+    before any cell that uses JAX (next to ``environment.configure_gpu_memory``). Asking for
+    a change after JAX started raises ``environment.RestartKernelError``; asking for what is
+    already set is harmless. On a CPU the flags are accepted and change nothing. On a GPU
+    XLA then picks deterministic kernels (scatter-adds get slower) and refuses to compile
+    operations that have none, such as max-pool gradients written with ``reduce_window``
+    (``select_and_scatter``).
     """
     from utils import environment
 
     if not isinstance(enabled, bool):
         raise ValueError(f"set_deterministic_ops: enabled must be True or False, got {enabled!r}.")
+    if flag not in (DETERMINISTIC_FLAG, EXCLUDE_NONDETERMINISTIC_FLAG):
+        raise ValueError(f"set_deterministic_ops: flag must be precision.DETERMINISTIC_FLAG or "
+                         f"precision.EXCLUDE_NONDETERMINISTIC_FLAG, got {flag!r}.")
     if deterministic_ops_enabled() == enabled:
         return os.environ.get("XLA_FLAGS", "")
     if environment.jax_started():
         raise environment.RestartKernelError(
-            "--xla_gpu_deterministic_ops must be set before JAX starts, but JAX has already "
+            f"{flag.split('=')[0]} must be set before JAX starts, but JAX has already "
             "started in this kernel. Restart the kernel (Kernel > Restart Kernel, or Runtime > "
             "Restart session on Colab) and run this cell before any cell that uses JAX.")
-    flags = _flags_with(os.environ.get("XLA_FLAGS", ""), enabled)
+    flags = _flags_with(os.environ.get("XLA_FLAGS", ""), enabled, flag)
     if flags:
         os.environ["XLA_FLAGS"] = flags
     else:
@@ -438,7 +541,8 @@ def set_deterministic_ops(enabled: bool = True) -> str:
     return flags
 
 
-def determinism_probe(size: int = 1 << 20, bins: int = 1000, repeats: int = 5) -> dict[str, Any]:
+def determinism_probe(size: int = 1 << 20, bins: int = 1000, repeats: int = 5,
+                      timed: bool = True) -> dict[str, Any]:
     """Run operations that may be non-deterministic on a GPU ``repeats`` times; compare.
 
     - ``scatter_add``: ``size`` float32 values added into ``bins`` bins at random indices
@@ -449,7 +553,8 @@ def determinism_probe(size: int = 1 << 20, bins: int = 1000, repeats: int = 5) -
 
     Returns a JSON-able dict: ``backend``, ``deterministic_flag`` and, per operation, either
     ``{"identical": bool, "distinct_results": int, "max_abs_diff": float, "median_s":
-    float}`` (``median_s`` from ``timing.benchmark``) or ``{"error": "Type: message"}``.
+    float}`` (``median_s`` from ``timing.benchmark``; ``None`` with ``timed=False``) or
+    ``{"error": "Type: message"}``.
     """
     from utils import timing
     from utils.exercises import summarize_error
@@ -477,7 +582,8 @@ def determinism_probe(size: int = 1 << 20, bins: int = 1000, repeats: int = 5) -
     for name, (fn, args) in ops.items():
         try:
             outs = [np.asarray(jax.block_until_ready(fn(*args))) for _ in range(repeats)]
-            median_s = timing.benchmark(fn, *args, repeats=5, name=name).median_s
+            median_s = (timing.benchmark(fn, *args, repeats=5, name=name).median_s if timed
+                        else None)
         except Exception as error:  # e.g. no deterministic kernel under the flag
             results[name] = {"error": summarize_error(error)}
             continue
@@ -489,23 +595,31 @@ def determinism_probe(size: int = 1 << 20, bins: int = 1000, repeats: int = 5) -
 
 
 def run_determinism_probe(deterministic: bool, *, size: int = 1 << 20, repeats: int = 5,
+                          flag: str = DETERMINISTIC_FLAG, timed: bool = True,
                           timeout: float = 300) -> dict[str, Any]:
     """:func:`determinism_probe` in a fresh Python process, with or without the flag.
 
     XLA's flags are fixed once JAX has started, so a notebook compares both settings by
-    starting a child process for each (``python -m utils.precision``), the same
-    ``XLA_FLAGS`` plus or minus :data:`DETERMINISTIC_FLAG`. Raises ``RuntimeError`` with the
-    child's last error lines if it fails or writes anything to stderr.
+    starting a child process for each (``python -m utils.precision``): the same
+    ``XLA_FLAGS`` without either determinism flag, or with ``flag``
+    (:data:`DETERMINISTIC_FLAG` or :data:`EXCLUDE_NONDETERMINISTIC_FLAG`). Running both
+    settings this way compares like with like (the same start-up, the same state of the
+    machine). ``timed=False`` skips the timing (the results are compared all the same).
+    Raises ``RuntimeError`` with the child's last error lines if it fails or writes
+    anything to stderr.
     """
+    if flag not in (DETERMINISTIC_FLAG, EXCLUDE_NONDETERMINISTIC_FLAG):
+        raise ValueError(f"run_determinism_probe: flag must be precision.DETERMINISTIC_FLAG or "
+                         f"precision.EXCLUDE_NONDETERMINISTIC_FLAG, got {flag!r}.")
     env = dict(os.environ)
-    flags = _flags_with(env.get("XLA_FLAGS", ""), deterministic)
+    flags = _flags_with(env.get("XLA_FLAGS", ""), deterministic, flag)
     if flags:
         env["XLA_FLAGS"] = flags
     else:
         env.pop("XLA_FLAGS", None)
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # share the GPU with the notebook
     cmd = [sys.executable, "-m", "utils.precision", "--size", str(size),
-           "--repeats", str(repeats)]
+           "--repeats", str(repeats)] + ([] if timed else ["--untimed"])
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0 or done.stderr.strip():
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
@@ -514,20 +628,57 @@ def run_determinism_probe(deterministic: bool, *, size: int = 1 << 20, repeats: 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+#: pip packages that carry the CUDA libraries JAX's CUDA plugin loads (CUDA 12 and 13
+#: names); a system-wide CUDA install (``jax[cuda12-local]``) has none of them.
+CUDA_PACKAGES = (("CUDA runtime", ("nvidia-cuda-runtime-cu12", "nvidia-cuda-runtime")),
+                 ("cuDNN", ("nvidia-cudnn-cu12", "nvidia-cudnn-cu13")),
+                 ("cuBLAS", ("nvidia-cublas-cu12", "nvidia-cublas")))
+
+
+def cuda_library_versions() -> dict[str, str]:
+    """``{"cuDNN": "nvidia-cudnn-cu12 9.19.0.56", ...}``: the CUDA, cuDNN and cuBLAS pip
+    packages installed here, read with ``importlib.metadata`` (nothing is imported). Empty
+    where none is installed (a CPU-only install, or CUDA from the system)."""
+    import importlib.metadata
+
+    found = {}
+    for label, names in CUDA_PACKAGES:
+        for name in names:
+            try:
+                found[label] = f"{name} {importlib.metadata.version(name)}"
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return found
+
+
 def reproducibility_report() -> str:
-    """What a reproducible result should be published with: versions, devices, the XLA
-    flags and the JAX settings that change numbers. Starts JAX."""
+    """What a reproducible result should be published with. Starts JAX.
+
+    Lesson 00's ``environment.report()`` (Python, platform, JAX, jaxlib, the CUDA plugin,
+    Flax, Optax, NumPy, the NVIDIA driver and GPU where ``nvidia-smi`` answers, Colab or not,
+    the devices), then the GPU's compute capability, the CUDA / cuDNN / cuBLAS packages
+    (:func:`cuda_library_versions`), ``XLA_FLAGS`` and whether they ask for deterministic
+    kernels, and the JAX settings that change numbers: the default matmul precision, 64-bit
+    mode, the random number generator and ``jax_threefry_partitionable`` (which changes the
+    random streams; on by default since JAX 0.5).
+    """
 
     from utils import environment
 
     lines = [environment.report()]
-    settings = {
+    capability = environment.compute_capability()
+    settings = {"compute capability": ("-" if capability is None
+                                       else f"{capability[0]}.{capability[1]}")}
+    settings.update(cuda_library_versions() or {"CUDA libraries (pip)": "-"})
+    settings.update({
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") or "(none)",
         "deterministic GPU ops": "yes" if deterministic_ops_enabled() else "no",
         "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
         "jax_enable_x64": str(jax.config.jax_enable_x64),
         "jax_default_prng_impl": str(jax.config.jax_default_prng_impl),
-    }
+        "jax_threefry_partitionable": str(jax.config.jax_threefry_partitionable),
+    })
     width = max(len(k) for k in settings)
     lines += [f"{k:<{width}}  {v}" for k, v in settings.items()]
     return "\n".join(lines)
@@ -539,8 +690,10 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the determinism probe; print JSON.")
     parser.add_argument("--size", type=int, default=1 << 20)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--untimed", action="store_true", help="compare results only")
     args = parser.parse_args(argv)
-    print(json.dumps(determinism_probe(size=args.size, repeats=args.repeats)))
+    print(json.dumps(determinism_probe(size=args.size, repeats=args.repeats,
+                                       timed=not args.untimed)))
 
 
 if __name__ == "__main__":
