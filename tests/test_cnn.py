@@ -248,3 +248,100 @@ def test_missing_mismatched_or_corrupt_checkpoint_is_one_clear_error(tmp_path, c
     with pytest.raises(cnn.CheckpointError, match="not a complete checkpoint"):
         cnn.restore_checkpoint(tmp_path / "empty", model)
     assert "Traceback" not in capfd.readouterr().err
+
+
+# --- global average pooling, resumable training state ---------------------------------------
+
+
+def test_global_average_pool_cnn_params_and_output():
+    model = cnn.GlobalAveragePoolCNN(channels=(4, 6), hidden=8, rngs=nnx.Rngs(0))
+    flat = cnn.CNN(channels=(4, 6), hidden=8, rngs=nnx.Rngs(0))
+    assert model.dense1.kernel.shape == (6, 8)
+    assert training.count_params(flat) - training.count_params(model) == (7 * 7 - 1) * 6 * 8
+    model.eval()
+    x = _normal((3, 28, 28, 1), 5)
+    maps = model.pool(nnx.relu(model.bn2(model.conv2(
+        model.pool(nnx.relu(model.bn1(model.conv1(x))), 2)))), 2)
+    expected = model.dense2(nnx.relu(model.dense1(maps.mean(axis=(1, 2)))))
+    np.testing.assert_allclose(model(x), expected, rtol=1e-6)
+    big = cnn.GlobalAveragePoolCNN(channels=(4, 6), hidden=8, image_size=(56, 56),
+                                   rngs=nnx.Rngs(0))
+    assert training.count_params(big) == training.count_params(model)  # size-independent
+
+
+def _tiny_run(seed):
+    import optax
+
+    net = cnn.CNN(2, channels=(2, 3), hidden=4, dropout=0.3, image_size=(8, 8),
+                  rngs=nnx.Rngs(seed))
+    model = cnn.Augmented(net, 1, rngs=nnx.Rngs(augment=seed + 1))
+    schedule = optax.linear_schedule(1e-2, 1e-3, 12)
+    return model, training.create_optimizer(model, optax.adamw(schedule))
+
+
+def _tiny_data():
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (40, 8, 8, 1)), jnp.uint8)
+    labels = jnp.asarray(rng.integers(0, 2, 40), jnp.int32)
+    return images, labels
+
+
+def _params(model):
+    return [np.asarray(v) for v in jax.tree.leaves(nnx.state(model))
+            if not jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key)]
+
+
+def test_train_steps_in_pieces_equal_one_run():
+    images, labels = _tiny_data()
+    step = training.make_train_step()
+    kwargs = dict(key=jax.random.key(3), batch_size=16)  # 2 steps per epoch
+    a, opt_a = _tiny_run(0)
+    whole = cnn.train_steps(step, a, opt_a, images, labels, start=0, stop=5, **kwargs)
+    b, opt_b = _tiny_run(0)
+    pieces = np.concatenate([cnn.train_steps(step, b, opt_b, images, labels, start=s, stop=t,
+                                             **kwargs) for s, t in ((0, 3), (3, 3), (3, 5))])
+    assert whole.shape == (5,)
+    np.testing.assert_array_equal(whole, pieces)
+    with pytest.raises(ValueError, match="start <= stop"):
+        cnn.train_steps(step, b, opt_b, images, labels, start=4, stop=2, **kwargs)
+
+
+def test_training_state_resumes_exactly_and_keeps_the_newest(tmp_path):
+    images, labels = _tiny_data()
+    step = training.make_train_step()
+    kwargs = dict(key=jax.random.key(3), batch_size=16)
+    a, opt_a = _tiny_run(0)
+    uninterrupted = cnn.train_steps(step, a, opt_a, images, labels, start=0, stop=8, **kwargs)
+    b, opt_b = _tiny_run(0)
+    manager = cnn.checkpoint_manager(tmp_path / "run", max_to_keep=2)
+    for s in range(0, 5):
+        cnn.train_steps(step, b, opt_b, images, labels, start=s, stop=s + 1, **kwargs)
+        cnn.save_training_state(manager, s + 1, b, opt_b)
+    assert list(manager.all_steps()) == [4, 5]
+    c, opt_c = _tiny_run(7)  # other initial values, other RNG streams: all overwritten
+    assert cnn.restore_training_state(manager, c, opt_c) == 5
+    resumed = cnn.train_steps(step, c, opt_c, images, labels, start=5, stop=8, **kwargs)
+    np.testing.assert_array_equal(resumed, uninterrupted[5:])
+    for x, y in zip(_params(a), _params(c), strict=True):
+        np.testing.assert_array_equal(x, y)
+    manager.close()
+
+
+def test_training_state_errors_say_what_to_do(tmp_path):
+    manager = cnn.checkpoint_manager(tmp_path / "empty")
+    model, opt = _tiny_run(0)
+    with pytest.raises(cnn.CheckpointError, match="no training state"):
+        cnn.restore_training_state(manager, model, opt)
+    cnn.save_training_state(manager, 1, model, opt)
+    with pytest.raises(cnn.CheckpointError, match="no training state of step 3"):
+        cnn.restore_training_state(manager, model, opt, step=3)
+    import optax
+
+    other = cnn.Augmented(cnn.CNN(2, channels=(2, 4), hidden=4, image_size=(8, 8),
+                                  rngs=nnx.Rngs(0)), 1, rngs=nnx.Rngs(augment=1))
+    with pytest.raises(cnn.CheckpointError, match="Build them as they were"):
+        cnn.restore_training_state(manager, other,
+                                   training.create_optimizer(other, optax.adamw(1e-2)))
+    manager.close()
+    with pytest.raises(ValueError, match="max_to_keep"):
+        cnn.checkpoint_manager(tmp_path / "x", max_to_keep=0)

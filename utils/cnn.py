@@ -16,8 +16,14 @@ Lesson 05 builds each piece once by hand (as an exercise) and then uses these:
 - :class:`RandomTranslate`: that shift as an NNX layer, active in train mode only.
 - :class:`CNN`: conv -> BatchNorm -> ReLU -> max-pool, twice, then dense -> ReLU ->
   dropout -> dense, for NHWC images.
+- :class:`GlobalAveragePoolCNN`: the same network with global average pooling in place of
+  flatten (its dense layer no longer grows with the image).
 - :class:`Augmented`: a model with :class:`RandomTranslate` in front (train mode only).
 - :func:`save_checkpoint`, :func:`restore_checkpoint`: a model's state with Orbax.
+- :func:`checkpoint_manager`, :func:`save_training_state`, :func:`restore_training_state`:
+  the whole training state (model, optimizer, step, RNG streams) with Orbax's
+  ``CheckpointManager``, so an interrupted run resumes exactly; :func:`train_steps` runs
+  any range of a run's steps with the batches the uninterrupted run would use.
 
 Layouts: images NHWC ``(N, H, W, C)``; convolution kernels HWIO ``(KH, KW, C_in, C_out)``.
 """
@@ -38,7 +44,9 @@ __all__ = [
     "CNN",
     "Augmented",
     "CheckpointError",
+    "GlobalAveragePoolCNN",
     "RandomTranslate",
+    "checkpoint_manager",
     "conv2d",
     "conv2d_flops",
     "conv2d_im2col",
@@ -48,8 +56,11 @@ __all__ = [
     "max_pool_reduce_window",
     "random_translate",
     "restore_checkpoint",
+    "restore_training_state",
     "same_padding",
     "save_checkpoint",
+    "save_training_state",
+    "train_steps",
 ]
 
 Pair = tuple[int, int]
@@ -262,6 +273,32 @@ class CNN(nnx.Module):
         return self.dense2(x)
 
 
+class GlobalAveragePoolCNN(CNN):
+    """:class:`CNN` with global average pooling in place of flatten (lesson 05).
+
+    After the second block each of the ``channels[1]`` feature maps is averaged over its
+    pixels, so ``dense1`` sees ``channels[1]`` numbers instead of
+    ``(H // 4) * (W // 4) * channels[1]``: its parameter count no longer grows with the
+    image size (Lin et al., 2014, "Network In Network", introduced the idea). Same
+    arguments and layer names as :class:`CNN`.
+    """
+
+    def __init__(self, num_classes: int = 10, *, channels: Sequence[int] = (32, 64),
+                 hidden: int = 256, dropout: float = 0.5, in_channels: int = 1,
+                 image_size: Sequence[int] = (28, 28),
+                 pool: Callable[[jax.Array, int], jax.Array] = max_pool, rngs: nnx.Rngs):
+        super().__init__(num_classes, channels=channels, hidden=hidden, dropout=dropout,
+                         in_channels=in_channels, image_size=image_size, pool=pool, rngs=rngs)
+        self.dense1 = nnx.Linear(channels[1], hidden, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.pool(nnx.relu(self.bn1(self.conv1(x))), 2)
+        x = self.pool(nnx.relu(self.bn2(self.conv2(x))), 2)
+        x = jnp.mean(x, axis=(1, 2))  # (N, H', W', C) -> (N, C): one number per feature map
+        x = self.dropout(nnx.relu(self.dense1(x)))
+        return self.dense2(x)
+
+
 class Augmented(nnx.Module):
     """``model`` with :class:`RandomTranslate` in front: augmented in train mode (lesson 05).
 
@@ -372,3 +409,114 @@ def restore_checkpoint(directory: str | os.PathLike[str], model: nnx.Module) -> 
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)
     return model
+
+
+# --- resumable training: the whole training state, with Orbax's CheckpointManager ----------
+
+
+def train_steps(step: Callable[..., Any], model: nnx.Module, optimizer: nnx.Optimizer,
+                images: jax.Array, labels: jax.Array, *, key: jax.Array, batch_size: int,
+                start: int, stop: int) -> np.ndarray:
+    """Run steps ``start, ..., stop - 1`` of a training run whose batches ``key`` fixes.
+
+    Step ``s`` trains on batch ``s % B`` of epoch ``s // B`` (``B = N // batch_size``
+    batches per epoch), each epoch shuffled as :func:`utils.training.fit` shuffles it
+    (``shuffled_batch_indices(fold_in(key, epoch), N, batch_size)``). So a run cut at any
+    step and resumed from a checkpoint of that step sees the batches the uninterrupted run
+    sees (lesson 05). ``step(model, optimizer, images, labels, indices) -> (loss, accuracy)``
+    is a jitted train step (:func:`utils.training.make_train_step`); ``images (N, ...)`` and
+    ``labels (N,)`` are on the device. The model is put in train mode. Returns the
+    ``stop - start`` losses as NumPy (one transfer, after the last step).
+    """
+    from utils import training
+
+    if not 0 <= start <= stop:
+        raise ValueError(f"need 0 <= start <= stop, got start={start}, stop={stop}.")
+    n = int(images.shape[0])
+    per_epoch = n // batch_size
+    if per_epoch < 1:
+        raise ValueError(f"batch_size {batch_size} is larger than the {n} examples.")
+    model.train()
+    losses, batches, epoch = [], None, -1
+    for s in range(start, stop):
+        if s // per_epoch != epoch:
+            epoch = s // per_epoch
+            batches = training.shuffled_batch_indices(jax.random.fold_in(key, epoch), n,
+                                                      batch_size)
+        loss, _ = step(model, optimizer, images, labels, batches[s % per_epoch])
+        losses.append(loss)
+    return np.asarray(jnp.stack(losses)) if losses else np.zeros((0,), np.float32)
+
+
+def checkpoint_manager(directory: str | os.PathLike[str], *, max_to_keep: int = 2) -> Any:
+    """An Orbax ``CheckpointManager`` for one training run's states (lesson 05).
+
+    Each save is a folder named by its step under ``directory`` (created if missing); only
+    the newest ``max_to_keep`` are kept. Use it with :func:`save_training_state` and
+    :func:`restore_training_state`; ``close()`` it when done.
+    """
+    import orbax.checkpoint as ocp
+
+    if max_to_keep < 1:
+        raise ValueError(f"max_to_keep must be at least 1, got {max_to_keep}.")
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+
+def _is_key(leaf: Any) -> bool:
+    return jax.dtypes.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key)
+
+
+def _storable(tree: Any) -> Any:
+    """Typed PRNG keys as their raw key data (uint32 arrays), which Orbax can store."""
+    return jax.tree.map(lambda a: jax.random.key_data(a) if _is_key(a) else a, tree)
+
+
+def save_training_state(manager: Any, step: int, model: nnx.Module,
+                        optimizer: nnx.Optimizer) -> None:
+    """Save everything needed to resume training at ``step`` (lesson 05); wait until written.
+
+    The state of ``model`` and ``optimizer`` together: parameters, BatchNorm statistics,
+    the state of the RNG streams (dropout, augmentation), the optimizer's moments and its
+    step count (which drives a learning-rate schedule). The data order is not state: with
+    :func:`train_steps` it follows from the run's key and the step.
+    """
+    import orbax.checkpoint as ocp
+
+    tree = _storable(nnx.to_pure_dict(nnx.state((model, optimizer))))
+    manager.save(int(step), args=ocp.args.StandardSave(tree))
+    manager.wait_until_finished()
+
+
+def restore_training_state(manager: Any, model: nnx.Module, optimizer: nnx.Optimizer,
+                           step: int | None = None) -> int:
+    """Load a state saved by :func:`save_training_state` into ``model`` and ``optimizer``.
+
+    ``step`` defaults to the newest saved one. ``model`` and ``optimizer`` are freshly built
+    as for the run (same architecture and optimizer): they tell Orbax the shapes and dtypes.
+    Returns the step to resume from. No checkpoint, or one that does not fit, raises
+    :class:`CheckpointError` with what to do.
+    """
+    import orbax.checkpoint as ocp
+
+    step = manager.latest_step() if step is None else int(step)
+    if step is None or step not in manager.all_steps():
+        raise CheckpointError(f"no training state {'' if step is None else f'of step {step} '}"
+                              f"in {manager.directory}: save one with save_training_state "
+                              f"first (saved steps: {list(manager.all_steps())}).")
+    state = nnx.state((model, optimizer))
+    pure = nnx.to_pure_dict(state)
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), _storable(pure))
+    try:
+        restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+    except Exception as error:  # Orbax raises several kinds; say it once, clearly
+        message = " ".join(str(error).split())[:300]
+        raise CheckpointError(f"could not restore step {step} from {manager.directory} into "
+                              f"this model and optimizer ({type(error).__name__}: {message}). "
+                              "Build them as they were when saved.") from None
+    restored = jax.tree.map(
+        lambda mine, saved: jax.random.wrap_key_data(saved, impl=jax.random.key_impl(mine))
+        if _is_key(mine) else saved, pure, restored)
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update((model, optimizer), state)
+    return step
