@@ -10,6 +10,7 @@ solutions/), without recording timestamps, so a re-run changes only what really 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="*", type=Path)
     args = parser.parse_args(argv)
     paths = args.notebooks or sorted(generate_course.SOLUTIONS.glob("[0-9][0-9]_*.ipynb"))
+    # Like the tests: the verified dataset copies beside the repository, when present.
+    shared_data = generate_course.ROOT.parent / "shared" / "data"
+    if not os.environ.get("COURSE_DATA_DIR") and shared_data.is_dir():
+        os.environ["COURSE_DATA_DIR"] = str(shared_data)
     generate_course.main([])  # badges and Colab cell first, so they are executed too
     for path in paths:
         print(f"{path}: executed in {execute(path.resolve()):.1f} s")
