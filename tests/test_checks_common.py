@@ -54,7 +54,7 @@ CHECKERS = {
     "04 shuffled_batch_indices": (l04.shuffled_batch_indices, training.shuffled_batch_indices),
     "04 train_step": (l04.train_step, training.train_batch),
     "04 training_flops": (l04.training_flops, l04.reference_training_flops),
-    "07 arithmetic_intensity": (l07.arithmetic_intensity, l07.reference_arithmetic_intensity),
+    "07 roofline_time": (l07.roofline_time, l07.reference_roofline_time),
     "07 prefetch_to_device": (l07.prefetch_to_device, l07.pipeline.prefetch_to_device),
     "07 remat_forward": (l07.remat_forward, l07.reference_remat_forward),
     "07 accumulated_grads": (l07.accumulated_grads, l07.reference_accumulated_grads),

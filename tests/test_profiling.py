@@ -41,19 +41,144 @@ CPU_EVENTS = [
 
 def test_top_operations_on_cpu_style_events_sum_by_name_and_skip_python_and_runtime():
     stats = profiling.top_operations(CPU_EVENTS, 10)
-    assert stats == [OpStat("dot.2", 2, 50.0), OpStat("multiply_add_fusion.14", 1, 10.0),
-                     OpStat("broadcast", 1, 5.0), OpStat("copy-start.1", 1, 5.0)]
-    assert profiling.top_operations(CPU_EVENTS, 1) == [OpStat("dot.2", 2, 50.0)]
+    assert [(s.name, s.count, s.total_us, s.kind) for s in stats] == [
+        ("dot.2", 2, 50.0, "matmul"), ("multiply_add_fusion.14", 1, 10.0, "fusion"),
+        ("broadcast", 1, 5.0, "other"), ("copy-start.1", 1, 5.0, "copy")]
+    assert [s.name for s in profiling.top_operations(CPU_EVENTS, 1)] == ["dot.2"]
 
 
-def test_top_operations_on_gpu_style_events_use_hlo_op():
-    events = [_meta(7, "Stream #13"),
-              _op(7, "void cutlass::Kernel<...>(...)", 70.0, hlo_op="dot.3", hlo_module="jit_f"),
-              _op(7, "loop_add_fusion", 20.0, hlo_op="add_fusion"),
-              _op(7, "void cutlass::Kernel<...>(...)", 30.0, hlo_op="dot.3"),
-              _op(8, "dot.9", 999.0)]  # a host event without hlo_op: ignored on a GPU trace
-    assert profiling.top_operations(events) == [OpStat("dot.3", 2, 100.0),
-                                                OpStat("add_fusion", 1, 20.0)]
+def _process(pid, name):
+    return {"ph": "M", "pid": pid, "name": "process_name", "args": {"name": name}}
+
+
+#: A GPU trace's shape (what jax.profiler.trace writes on an NVIDIA GPU): a device process
+#: whose stream lines hold the kernels, each with the instruction it runs in args["hlo_op"];
+#: a summary line ("XLA Modules") over them; and a host process whose threads hold the Python
+#: frames, the launches and XLA's host-side events, some of them named after the same
+#: instructions. Only the kernels may count, and each once.
+GPU_EVENTS = [
+    _process(1, "/device:GPU:0"), _process(701, "/host:CPU"),
+    _meta(10, "Stream #20(Compute)", pid=1), _meta(11, "XLA Modules", pid=1),
+    _meta(12, "Stream #21(MemcpyH2D)", pid=1),
+    _meta(1, "python", pid=701), _meta(2, "tf_pjrt_thread", pid=701),
+    _op(11, "jit_train_step(7)", 400.0, pid=1, hlo_module="jit_train_step"),
+    _op(10, "sm90_xmma_gemm_f32f32_tf32f32_f32_tn_n_tilesize128x128x32", 70.0, pid=1,
+        hlo_op="cublas-gemm.1", hlo_module="jit_train_step"),
+    _op(10, "sm90_xmma_gemm_f32f32_tf32f32_f32_tn_n_tilesize128x128x32", 50.0, pid=1,
+        hlo_op="cublas-gemm.1", hlo_module="jit_train_step"),
+    _op(10, "gemm_fusion_dot_3", 40.0, pid=1, hlo_op="gemm_fusion_dot.3"),
+    _op(10, "loop_add_fusion", 20.0, pid=1, hlo_op="loop_add_fusion.2"),
+    # A kernel run from a CUDA graph (command buffer) may carry no hlo_op: its own name.
+    _op(10, "void cutlass::Kernel2<cutlass_80_tensorop_s1688gemm_128x256_16x3_nn_align4>()",
+        30.0, pid=1),
+    _op(12, "MemcpyH2D", 10.0, pid=1),
+    # The host's view of the same work: never counted on a trace with a device.
+    _op(1, "$train.py:12 train_step", 900.0, pid=701),
+    _op(2, "cuLaunchKernel", 5.0, pid=701, correlation_id=3),
+    _op(2, "cublas-gemm.1", 80.0, pid=701, hlo_op="cublas-gemm.1"),
+    _op(2, "loop_add_fusion.2", 9.0, pid=701),
+]
+
+
+def test_top_operations_on_a_gpu_trace_counts_device_kernels_once_and_names_matmuls():
+    stats = profiling.top_operations(GPU_EVENTS, 10)
+    assert [(s.name, s.count, s.total_us, s.kind) for s in stats] == [
+        ("cublas-gemm.1", 2, 120.0, "matmul"),
+        ("gemm_fusion_dot.3", 1, 40.0, "matmul"),
+        ("void cutlass::Kernel2<cutlass_80_tensorop_s1688gemm_128x256_16x3_nn_align4>()", 1,
+         30.0, "matmul"),
+        ("loop_add_fusion.2", 1, 20.0, "fusion"),
+        ("MemcpyH2D", 1, 10.0, "copy")]
+    # Every device microsecond once: the kernels' 220 µs, not the module's 400 µs on top,
+    # nor the host's 80 + 9 µs about the same instructions.
+    assert sum(s.total_us for s in stats) == 220.0
+
+
+def test_top_operations_on_a_tpu_trace_uses_its_xla_ops_line_alone():
+    events = [_process(3, "/device:TPU:0"), _process(9, "/host:CPU"),
+              _meta(1, "XLA Ops", pid=3), _meta(2, "XLA Modules", pid=3), _meta(5, "Steps", pid=3),
+              _meta(4, "TensorCore sync flags", pid=3),
+              _op(1, "fusion.3", 30.0, pid=3), _op(1, "convolution.1", 60.0, pid=3),
+              _op(1, "all-reduce.2", 10.0, pid=3), _op(2, "jit_step(1)", 100.0, pid=3),
+              _op(5, "0", 100.0, pid=3), _op(4, "sync", 99.0, pid=3),
+              _op(7, "fusion.3", 45.0, pid=9)]
+    stats = profiling.top_operations(events)
+    assert [(s.name, s.total_us, s.kind) for s in stats] == [
+        ("convolution.1", 60.0, "convolution"), ("fusion.3", 30.0, "fusion"),
+        ("all-reduce.2", 10.0, "collective")]
+
+
+@pytest.mark.parametrize("name,kernels,kind", [
+    ("dot.3", (), "matmul"), ("dot", (), "matmul"), ("cublas-gemm.2", (), "matmul"),
+    ("custom-call.4", ("nvjet_tst_128x64_64x4_1x2_h_bz_NNT",), "matmul"),
+    ("fusion.9", ("Cijk_Alik_Bljk_SB_MT128x128x16",), "matmul"),
+    ("gemm_fusion_dot.1", (), "matmul"), ("__cublas$lt$matmul", (), "matmul"),
+    ("convolution.2", (), "convolution"), ("cudnn-conv.1", (), "convolution"),
+    ("convert_fusion.3", (), "fusion"), ("loop_convert_fusion", (), "fusion"),
+    ("all-reduce.1", ("ncclDevKernel_AllReduce_Sum_f32_RING_LL",), "collective"),
+    ("copy.4", (), "copy"), ("MemcpyD2H", (), "copy"), ("broadcast.7", (), "other"),
+    ("dotted_line", (), "other"),
+])
+def test_operation_kind(name, kernels, kind):
+    assert profiling.operation_kind(name, kernels) == kind
+
+
+#: A compiled program's text as XLA prints it: a CPU's YNNPACK fusion that contains a dot, a
+#: GPU's cuBLAS call, a loop fusion; metadata with the named scopes.
+HLO_TEXT = "\n".join([
+    "HloModule jit_step, entry_computation_layout={(f32[8,4]{1,0}, f32[4,2]{1,0})"
+    "->f32[8,2]{1,0}}",
+    "",
+    "%fused_computation (param_0: f32[8,4], param_1: f32[4,2]) -> f32[8,2] {",
+    "  %param_0 = f32[8,4]{1,0} parameter(0)",
+    "  %param_1 = f32[4,2]{1,0} parameter(1)",
+    "  ROOT %dot.1 = f32[8,2]{1,0} dot(f32[8,4]{1,0} %param_0, f32[4,2]{1,0} %param_1), "
+    "lhs_contracting_dims={1}, rhs_contracting_dims={0}, metadata={op_name="
+    '"jit(step)/jvp(forward)/dot_general" source_file="x.py" source_line=3}',
+    "}",
+    "",
+    "%add_computation (param_0.1: f32[8,2]) -> f32[8,2] {",
+    "  %param_0.1 = f32[8,2]{1,0} parameter(0)",
+    "  ROOT %add.2 = f32[8,2]{1,0} add(f32[8,2]{1,0} %param_0.1, f32[8,2]{1,0} %param_0.1), "
+    'metadata={op_name="jit(step)/adam/add"}',
+    "}",
+    "",
+    "ENTRY %main.5 (Arg_0.1: f32[8,4], Arg_1.2: f32[4,2]) -> f32[8,2] {",
+    "  %Arg_0.1 = f32[8,4]{1,0} parameter(0)",
+    "  %Arg_1.2 = f32[4,2]{1,0} parameter(1)",
+    "  %ynn_fusion.2 = f32[8,2]{1,0} fusion(f32[8,4]{1,0} %Arg_0.1, f32[4,2]{1,0} %Arg_1.2), "
+    'kind=kCustom, calls=%fused_computation, metadata={op_name="jit(step)/jvp(forward)/'
+    'dot_general"}',
+    "  %cublas-gemm.1 = (f32[8,2]{1,0}, s8[0]{0}) custom-call(f32[8,4]{1,0} %Arg_0.1, "
+    'f32[4,2]{1,0} %Arg_1.2), custom_call_target="__cublas$gemm", metadata={op_name='
+    '"jit(step)/transpose(jvp(forward))/dot_general"}',
+    "  ROOT %loop_add_fusion = f32[8,2]{1,0} fusion(f32[8,2]{1,0} %ynn_fusion.2), kind=kLoop, "
+    'calls=%add_computation, metadata={op_name="jit(step)/adam/add"}',
+    "}",
+])
+
+
+def test_hlo_ops_names_what_each_instruction_is_and_its_named_scope():
+    ops = profiling.hlo_ops(HLO_TEXT)
+    assert (ops["ynn_fusion.2"].kind, ops["ynn_fusion.2"].scope) == ("matmul", "jvp(forward)")
+    assert (ops["cublas-gemm.1"].kind, ops["cublas-gemm.1"].scope) == (
+        "matmul", "transpose(jvp(forward))")
+    assert (ops["loop_add_fusion"].kind, ops["loop_add_fusion"].scope) == ("fusion", "adam")
+    assert ops["dot.1"].opcode == "dot" and ops["Arg_0.1"].scope == ""
+    with pytest.raises(TypeError, match="compiled program"):
+        profiling.hlo_ops(42)
+
+
+def test_top_operations_reads_kinds_and_scopes_from_the_program():
+    events = [_meta(2, "tf_XLAEigen/1"), _op(2, "ynn_fusion.2", 30.0),
+              _op(2, "loop_add_fusion", 10.0)]
+    stats = profiling.top_operations(events, program=HLO_TEXT)
+    assert [(s.name, s.kind, s.scope) for s in stats] == [
+        ("ynn_fusion.2", "matmul", "jvp(forward)"), ("loop_add_fusion", "fusion", "adam")]
+    table = profiling.format_operations(stats).splitlines()
+    assert table[0].split() == ["operation", "kind", "calls", "total", "share", "scope"]
+    assert table[1].split() == ["ynn_fusion.2", "matmul", "1", "30", "µs", "75%",
+                                "jvp(forward)"]
 
 
 @pytest.mark.parametrize("n", [0, -2, 1.5, True])
@@ -63,11 +188,12 @@ def test_top_operations_rejects_bad_n(n):
 
 
 def test_format_operations_table():
-    table = profiling.format_operations([OpStat("dot.2", 2, 75.0), OpStat("add", 1, 25.0)])
+    table = profiling.format_operations([OpStat("dot.2", 2, 75.0, "matmul"),
+                                         OpStat("add", 1, 25.0)])
     lines = table.splitlines()
-    assert lines[0].split() == ["operation", "calls", "total", "share"]
-    assert lines[1].split() == ["dot.2", "2", "75", "µs", "75%"]
-    assert lines[2].split() == ["add", "1", "25", "µs", "25%"]
+    assert lines[0].split() == ["operation", "kind", "calls", "total", "share"]
+    assert lines[1].split() == ["dot.2", "matmul", "2", "75", "µs", "75%"]
+    assert lines[2].split() == ["add", "other", "1", "25", "µs", "25%"]
 
 
 def test_annotation_durations_in_start_order():
@@ -160,3 +286,72 @@ def test_measure_compile_in_a_fresh_process_fills_the_cache(tmp_path):
     assert set(report) == {"lower_s", "compile_s", "cache_files"}
     assert report["compile_s"] > 0 and report["lower_s"] > 0
     assert report["cache_files"] > 0
+
+
+def test_a_real_trace_with_the_program_names_matmuls_and_named_scopes(tmp_path):
+    def f(a):
+        with jax.named_scope("first"):
+            b = a @ a
+        with jax.named_scope("second"):
+            return jnp.tanh(b) + 1.0
+
+    jitted, a = jax.jit(f), jnp.ones((64, 64))
+    compiled = jitted.lower(a).compile()
+    jax.block_until_ready(jitted(a))
+    with jax.profiler.trace(tmp_path):
+        jax.block_until_ready(jitted(a))
+    stats = profiling.top_operations(profiling.load_trace(tmp_path), 50, program=compiled)
+    assert {s.scope for s in stats if s.kind == "matmul"} == {"first"}
+    assert "second" in {s.scope for s in stats}
+    ops = profiling.hlo_ops(compiled)
+    assert {op.scope for op in ops.values()} >= {"first", "second"}
+
+
+# --------------------------------------------------------- memory as JAX plans it (jaxprs)
+
+
+def test_planned_peak_bytes_of_a_chain_keeps_two_values_alive():
+    x = jnp.ones(1000)  # 4000 bytes; arguments are not counted
+    assert profiling.planned_peak_bytes(lambda x: ((x * 2) + 1) * 3, x) == 8000
+    # Two values made from x and both needed at the end: three at once at the peak.
+    assert profiling.planned_peak_bytes(lambda x: (x * 2) * (x + 1), x) == 12000
+
+
+def test_planned_peak_bytes_counts_a_scan_body_once_and_a_jit_inside():
+    x = jnp.ones(1000)
+
+    def looped(x):
+        return jax.lax.scan(lambda c, _: (c * 2 + 1, None), x, None, length=50)[0]
+
+    # The body makes two values of 4000 bytes (c * 2, then + 1), whatever the length.
+    assert profiling.planned_peak_bytes(looped, x) <= 3 * 4000
+    assert profiling.planned_peak_bytes(jax.jit(lambda x: (x * 2) + 1), x) >= 8000
+
+
+def test_planned_peak_bytes_shows_what_remat_saves():
+    def block(w, x):
+        return jnp.sin(jnp.sin(x @ w) @ w.T)
+
+    def stack(block_fn):
+        def forward(w, x):
+            for _ in range(4):
+                x = block_fn(w, x)
+            return jnp.sum(x)
+        return forward
+
+    w, x = jnp.ones((4, 256)) / 16, jnp.ones((512, 4))
+    plain = profiling.planned_peak_bytes(jax.grad(stack(block)), w, x)
+    remat = profiling.planned_peak_bytes(jax.grad(stack(jax.checkpoint(block))), w, x)
+    assert remat < 0.7 * plain
+
+
+def test_saved_residuals_lists_what_the_forward_pass_keeps():
+    w, x = jnp.ones((3, 5)), jnp.ones((2, 3))
+
+    def f(w, x):
+        return jnp.sin(x @ w)
+
+    assert profiling.saved_residuals(f, w, x) == [((2, 5), "float32")]  # cos(x @ w)
+    assert profiling.saved_residuals(jax.checkpoint(f), w, x) == []  # only the arguments
+    with pytest.raises(TypeError):
+        profiling.saved_residuals(f, w, "not an array")
