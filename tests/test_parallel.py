@@ -247,8 +247,11 @@ def test_run_processes_kills_the_others_and_their_children_on_failure(tmp_path):
                f"'import time; time.sleep(300)']); open({str(pids_file)!r}, 'w').write("
                f"str(c.pid)); time.sleep(300)")
     started: list[int] = []
-    commands = [[sys.executable, "-c", sleeper],
-                [sys.executable, "-c", "import time, sys; time.sleep(1.5); sys.exit(3)"]]
+    # The second fails once the first has started its child (not after a fixed time: on a
+    # loaded machine Python may take longer than that to start).
+    fails = (f"import os, sys, time\nwhile not os.path.exists({str(pids_file)!r}): "
+             f"time.sleep(0.05)\nsys.exit(3)")
+    commands = [[sys.executable, "-c", sleeper], [sys.executable, "-c", fails]]
     with pytest.raises(parallel.ProcessesFailed, match="process 1 exited with code 3"):
         parallel.run_processes(commands, timeout=60, on_start=started.extend)
     child = int(pids_file.read_text())
