@@ -243,9 +243,10 @@ def test_run_processes_returns_what_each_printed():
 
 def test_run_processes_kills_the_others_and_their_children_on_failure(tmp_path):
     pids_file = tmp_path / "child.pid"
-    sleeper = (f"import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', "
-               f"'import time; time.sleep(300)']); open({str(pids_file)!r}, 'w').write("
-               f"str(c.pid)); time.sleep(300)")
+    sleeper = (f"import os, subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', "
+               f"'import time; time.sleep(300)']); open({str(pids_file)!r} + '.tmp', 'w')"
+               f".write(str(c.pid)); os.rename({str(pids_file)!r} + '.tmp', {str(pids_file)!r}); "
+               f"time.sleep(300)")
     started: list[int] = []
     # The second fails once the first has started its child (not after a fixed time: on a
     # loaded machine Python may take longer than that to start).
