@@ -214,24 +214,15 @@ def ema_associative_scan(xs, decay):  # m[t] = a m[t-1] + b[t] composes associat
     return lax.associative_scan(combine, (a, b))[1]
 
 
-def ema_unrolled_scan(xs, decay):  # lax.scan with unroll: a bigger body, still no growth
-    def step(m, x):
-        m = decay * m + (1 - decay) * x
-        return m, m
-
-    return lax.scan(step, jnp.zeros_like(xs[0]), xs, unroll=4)[1]
-
-
 def test_ema_closed_form_fails_on_long_sequences(capsys):
     expect_failed(capsys, check.ema, "ema", ema_closed_form,
                   "shape (1000, 2) with decay 0.5", "inf or NaN")
 
 
-def test_ema_associative_and_unrolled_scans_are_accepted(capsys):
-    for answer in (ema_associative_scan, ema_unrolled_scan):
-        line, use = run_checker(capsys, check.ema, answer)
-        assert line.startswith("PASSED ema:"), line
-        assert use is answer
+def test_ema_associative_scan_is_accepted(capsys):
+    line, use = run_checker(capsys, check.ema, ema_associative_scan)
+    assert line.startswith("PASSED ema:"), line
+    assert use is ema_associative_scan
 
 
 def test_ema_wrong_start_fails(capsys):
@@ -400,7 +391,8 @@ def ema_swapped_decay(xs, decay):  # the same as the reference at decay = 0.5 on
 
 
 def test_ema_swapped_decay_fails(capsys):
-    expect_failed(capsys, check.ema, "ema", ema_swapped_decay, "differs from the reference")
+    expect_failed(capsys, check.ema, "ema", ema_swapped_decay,
+                  "with decay 0.9 differs from the first step on")
 
 
 def pad_hard_coded_bucket(x, bucket):

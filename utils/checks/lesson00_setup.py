@@ -416,9 +416,10 @@ def _check_class_counts(fn: Callable[..., Any]) -> str:
     expect_close(got, reference_class_counts(labels, 7),
                  what=f"the output for labels {labels.tolist()} and 7 classes")
     _expect_no_wrap(fn)
-    checked = compare_with_reference(fn, reference_class_counts, _random_labels, trials=9,
+    checked = compare_with_reference(fn, reference_class_counts, _random_labels, trials=7,
                                      static_argnums=(1,), rng=np.random.default_rng(_SEED))
-    return checked + "; uint8 labels with more than 65535 examples of a class do not wrap"
+    return (checked + "; uint8 labels with 300 and 70000 examples of one class count past 255 "
+            "and 65535 without wrapping")
 
 
 def class_counts(student_fn: Callable[..., Any]) -> Callable[..., Any]:

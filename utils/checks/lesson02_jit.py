@@ -354,10 +354,12 @@ def _expect_long_sequences(fn: Callable[..., Any]) -> None:
         if bad.any():
             t = int(np.argwhere(bad)[0][0])
             finite = "" if np.all(np.isfinite(got)) else " (some values are inf or NaN)"
+            where = (f"differs from the first step on{finite}" if t == 0 else
+                     f"is right for the first {t} steps, then differs{finite}")
             raise CheckFailed(
-                f"ema of a random sequence of shape {xs.shape} with decay {decay} is right for "
-                f"the first {t} steps, then differs{finite}: at step {t} got "
-                f"{np.round(got[t], 5).tolist()}, expected {np.round(expected[t], 5).tolist()}."
+                f"ema of a random sequence of shape {xs.shape} with decay {decay} {where}: at "
+                f"step {t} got {np.round(got[t], 5).tolist()}, expected "
+                f"{np.round(expected[t], 5).tolist()}."
             )
 
 
@@ -381,10 +383,10 @@ def _check_ema(fn: Callable[..., Any]) -> str:
     if not ok:
         raise CheckFailed(f"your function cannot be traced with a traced decay ({why}).")
     _expect_no_unrolled_loop(fn)
+    _expect_long_sequences(fn)
     checked = compare_with_reference(jax.jit(fn), _numpy_ema, _ema_args, trials=6,
                                      jit=False, rtol=1e-4, atol=1e-5,
                                      rng=np.random.default_rng(_SEED))
-    _expect_long_sequences(fn)
     return (f"{checked} under jax.jit, and without jit on a fixed input; right on a sequence "
             f"of {_LONG_STEPS} steps with decays {' and '.join(map(str, _LONG_DECAYS))}; its "
             "program does not grow in proportion to the number of steps")
