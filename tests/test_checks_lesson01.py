@@ -55,7 +55,7 @@ def test_matmul_flops_rejects_an_array_or_a_fraction(capsys):
 
 def test_matmul_bytes_rejects_leaving_out_the_output(capsys):
     expect_failed(capsys, check.matmul_bytes, "matmul_bytes", lambda n, k, m: 4 * (n * k + k * m),
-           "leaves out the output")
+           "left out the output")
 
 
 def test_matmul_bytes_rejects_bits(capsys):
@@ -96,7 +96,88 @@ def test_time_call_rejects_not_waiting_for_the_result(capsys):
 
 
 def test_time_call_rejects_timing_the_compilation(capsys):
-    expect_failed(capsys, check.time_call, "time_call", _no_warm_up, "first call")
+    expect_failed(capsys, check.time_call, "time_call", _no_warm_up, "only once",
+                  "compiling")
+
+
+def _no_wait_for_the_warm_up(fn, *args):  # the warm-up's work still runs when the clock starts
+    fn(*args)
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start
+
+
+def _queued_no_wait_for_the_warm_up(fn, *args):  # the same, diluted over five timed calls
+    fn(*args)
+    start = time.perf_counter()
+    jax.block_until_ready([fn(*args) for _ in range(5)])
+    return (time.perf_counter() - start) / 5
+
+
+def _queued_total(fn, *args):  # forgets to divide by the number of calls
+    jax.block_until_ready(fn(*args))
+    start = time.perf_counter()
+    jax.block_until_ready([fn(*args) for _ in range(3)])
+    return time.perf_counter() - start
+
+
+def _waits_for_the_first_queued_call(fn, *args):  # the clock stops at the first of four
+    jax.block_until_ready(fn(*args))
+    start = time.perf_counter()
+    outs = [fn(*args) for _ in range(4)]
+    jax.block_until_ready(outs[0])
+    return (time.perf_counter() - start) / 4
+
+
+def _compile_inside_the_clock(fn, *args):  # starts the clock before the warm-up call
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    middle = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start + 0 * middle
+
+
+def test_time_call_rejects_not_waiting_for_the_warm_up(capsys):
+    expect_failed(capsys, check.time_call, "time_call", _no_wait_for_the_warm_up,
+                  "waited only after the last one")
+    expect_failed(capsys, check.time_call, "time_call", _queued_no_wait_for_the_warm_up,
+                  "waited only after the last one")
+
+
+def test_time_call_rejects_an_undivided_total(capsys):
+    expect_failed(capsys, check.time_call, "time_call", _queued_total,
+                  "made 3 calls after the warm-up", "divide")
+
+
+def test_time_call_rejects_stopping_at_the_first_queued_result(capsys):
+    expect_failed(capsys, check.time_call, "time_call", _waits_for_the_first_queued_call,
+                  "the clock stopped before the device finished")
+
+
+def test_time_call_rejects_a_clock_started_before_the_warm_up(capsys):
+    expect_failed(capsys, check.time_call, "time_call", _compile_inside_the_clock,
+                  "compiling plus the work of all 2 calls")
+
+
+def test_time_call_accepts_queueing_several_calls_and_waiting_once(capsys):
+    def queued(fn, *args):
+        jax.block_until_ready(fn(*args))
+        start = time.perf_counter()
+        outs = [fn(*args) for _ in range(4)]
+        jax.block_until_ready(outs[-1])
+        return (time.perf_counter() - start) / 4
+
+    def two_warm_ups_then_queued(fn, *args):
+        fn(*args)
+        jax.block_until_ready(fn(*args))  # waiting for the second covers the first too
+        start = time.perf_counter()
+        jax.block_until_ready([fn(*args) for _ in range(3)])
+        return (time.perf_counter() - start) / 3
+
+    for answer in (queued, two_warm_ups_then_queued):
+        line, use = run_checker(capsys, check.time_call, answer)
+        assert line.startswith("PASSED time_call:"), line
+        assert use is answer
 
 
 def test_time_call_rejects_milliseconds(capsys):
@@ -174,14 +255,19 @@ def test_matmul_bytes_rejects_float64_and_int32(capsys):
             return int(np.int32(4) * (np.int32(n) * np.int32(k) + np.int32(k) * np.int32(m)
                                       + np.int32(n) * np.int32(m)))
 
-    # 4096^3 is fine for bytes (3 * 4096^2 * 4 < 2^31): int32 passes here, honestly
-    line, _ = run_checker(capsys, check.matmul_bytes, int32)
-    assert line.startswith("PASSED"), line
+    def jnp_int32(n, k, m):  # a Python int times a jnp int32 stays int32, and wraps
+        return int(4 * (jnp.int32(n) * k + jnp.int32(k) * m + jnp.int32(n) * m))
+
+    # (32768, 32768, 32768) moves 12 GiB: past 2**31 bytes
+    for wrong in (int32, jnp_int32):
+        expect_failed(capsys, check.matmul_bytes, "matmul_bytes", wrong,
+                      "matmul_bytes(32768, 32768, 32768)", "32-bit integer arithmetic")
 
 
 def test_matmul_shapes_are_the_same_every_run():
     assert check._shapes() == check._shapes()
     assert (6, 0, 4) in check._shapes() and (1, 784, 10) in check._shapes()
+    assert check.reference_matmul_bytes(*check._shapes()[-1]) > 2**31
 
 
 # ---- swap_rows ------------------------------------------------------------------------

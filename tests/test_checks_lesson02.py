@@ -189,11 +189,40 @@ def ema_fori_loop(xs, decay):
 
 def test_ema_python_loop_fails_on_jaxpr_growth(capsys):
     expect_failed(capsys, check.ema, "ema", ema_python_loop,
-                   "equations for 8 steps but", "lax.scan")
+                   "equations for 8 steps but", "unrolled Python loop")
 
 
 def test_ema_at_set_loop_fails_on_jaxpr_growth(capsys):
     expect_failed(capsys, check.ema, "ema", ema_at_set_loop, "equations for 8 steps but")
+
+
+def ema_closed_form(xs, decay):  # m[t] = (1 - d) d^t cumsum(x[s] / d^s): d^t underflows
+    t = jnp.arange(xs.shape[0], dtype=xs.dtype).reshape(-1, *([1] * (xs.ndim - 1)))
+    powers = decay**t
+    return (1 - decay) * powers * jnp.cumsum(xs / powers, axis=0)
+
+
+def ema_associative_scan(xs, decay):  # m[t] = a m[t-1] + b[t] composes associatively
+    a = jnp.full_like(xs, decay)
+    b = (1 - decay) * xs
+
+    def combine(earlier, later):
+        a1, b1 = earlier
+        a2, b2 = later
+        return a1 * a2, a2 * b1 + b2
+
+    return lax.associative_scan(combine, (a, b))[1]
+
+
+def test_ema_closed_form_fails_on_long_sequences(capsys):
+    expect_failed(capsys, check.ema, "ema", ema_closed_form,
+                  "shape (1000, 2) with decay 0.5", "inf or NaN")
+
+
+def test_ema_associative_scan_is_accepted(capsys):
+    line, use = run_checker(capsys, check.ema, ema_associative_scan)
+    assert line.startswith("PASSED ema:"), line
+    assert use is ema_associative_scan
 
 
 def test_ema_wrong_start_fails(capsys):
@@ -239,6 +268,11 @@ def pad_returns_only_padded(x, bucket):
     return check.reference_pad_to_bucket(x, bucket)[0]
 
 
+def pad_mask_from_content(x, bucket):  # real rows of zeros look like padding
+    padded, _ = check.reference_pad_to_bucket(x, bucket)
+    return padded, np.any(padded.reshape(len(padded), -1) != 0, axis=1)
+
+
 def test_pad_one_bucket_too_many_fails(capsys):
     expect_failed(capsys, check.pad_to_bucket, "pad_to_bucket", pad_always_one_more_bucket,
                    "already fill")
@@ -252,6 +286,11 @@ def test_pad_with_edge_values_fails(capsys):
 def test_pad_mask_all_true_fails(capsys):
     expect_failed(capsys, check.pad_to_bucket, "pad_to_bucket", pad_mask_all_true,
                    "False for the padding")
+
+
+def test_pad_mask_from_the_rows_content_fails(capsys):
+    expect_failed(capsys, check.pad_to_bucket, "pad_to_bucket", pad_mask_from_content,
+                  "is a real row that is all zeros", "False for the padding")
 
 
 def test_pad_mask_dtype_fails(capsys):
@@ -352,7 +391,8 @@ def ema_swapped_decay(xs, decay):  # the same as the reference at decay = 0.5 on
 
 
 def test_ema_swapped_decay_fails(capsys):
-    expect_failed(capsys, check.ema, "ema", ema_swapped_decay, "differs from the reference")
+    expect_failed(capsys, check.ema, "ema", ema_swapped_decay,
+                  "with decay 0.9 differs from the first step on")
 
 
 def pad_hard_coded_bucket(x, bucket):

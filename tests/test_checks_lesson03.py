@@ -94,10 +94,10 @@ def _pairwise_fails_on_empty(xs, ys):  # reads a first row, which an empty batch
     (_pairwise_expanded_square, "for inputs of shape (4, 3)x(6, 3)"),
     (_pairwise_numpy, "TracerArrayConversionError"),
     (_pairwise_fails_on_empty, "for inputs of shape (0, 2)x(3, 2)"),
-    (_pairwise_list_comprehension, "9 rows of xs: it grows with the batch"),
-    (_pairwise_loop_over_ys, "9 rows of ys: it grows with the batch"),
-    (_pairwise_for_loop, "it grows with the batch"),
-    (_pairwise_loop_inside_jit, "Python loop"),
+    (_pairwise_list_comprehension, "9 rows of xs: the program grows with the batch"),
+    (_pairwise_loop_over_ys, "9 rows of ys: the program grows with the batch"),
+    (_pairwise_for_loop, "the program grows with the batch"),
+    (_pairwise_loop_inside_jit, "the program grows with the batch"),
     (_pairwise_single_vmap, "your function raised ValueError"),
     (_pairwise_squared, "differs from the reference"),
     (_pairwise_transposed, "has shape (5, 3) but expected (3, 5)"),
@@ -275,7 +275,7 @@ def _grads_first_example_only(params, xs, ys):
     (_grads_first_example_only, "of example 1 differs"),
     (_grads_mean_broadcast, "of example 0 differs from jax.grad(example_loss)"),
     (_grads_of_summed_loss, "has shape (3,) but expected (5, 3)"),
-    (_grads_python_loop, "it grows with the batch"),
+    (_grads_python_loop, "the program grows with the batch"),
     (_grads_wrt_x, "expected a dict with the same keys as params"),
     (_grads_params_mapped, "your function raised ValueError"),
 ])
@@ -360,6 +360,11 @@ def _fd_one_eps(f, x, eps=1e-2):
     return jax.vmap(lambda e: (f(x + eps * e) - f(x - eps * e)) / eps)(_basis(x)).reshape(x.shape)
 
 
+def _fd_four_eps(f, x, eps=1e-2):  # 4 * eps in the denominator
+    return jax.vmap(lambda e: (f(x + eps * e) - f(x - eps * e)) / (4 * eps))(_basis(x)).reshape(
+        x.shape)
+
+
 def _fd_flat_only(f, x, eps=1e-2):  # forgets to reshape: shape (n,) for a 2-D x
     return jax.vmap(lambda e: (f(x + eps * e) - f(x - eps * e)) / (2 * eps))(_basis(x))
 
@@ -387,9 +392,10 @@ def _fd_first_axis_only(f, x, eps=1e-2):  # assumes a 1-D x
 @pytest.mark.parametrize(("wrong", "says"), [
     (_fd_fixed_eps, "use the eps you are given"),
     (_fd_first_axis_only, "raised"),
-    (_fd_forward, "A one-sided (forward) difference has an error proportional to eps"),
+    (_fd_forward, "it returned x + eps / 2, the one-sided (forward) difference"),
     (_fd_python_loop_forward, "above the float32 tolerance"),
-    (_fd_one_eps, "times the exact one"),
+    (_fd_one_eps, "it returned 2 * c: the denominator is off by a factor 2"),
+    (_fd_four_eps, "it returned 0.5 * c"),
     (_fd_flat_only, "has shape (6,) but expected (2, 3)"),
     (_fd_uses_autodiff, "finite differences must only evaluate f"),
 ])

@@ -95,7 +95,8 @@ def test_mlp_without_relu_fails(capsys):
 
 
 def test_mlp_with_relu_on_logits_fails(capsys):
-    expect_failed(capsys, check.mlp, "MLP.__call__", ReluOnLogitsMLP, "never negative")
+    expect_failed(capsys, check.mlp, "MLP.__call__", ReluOnLogitsMLP,
+                  "every negative logit set to 0: the output layer has a ReLU")
 
 
 def test_mlp_without_flatten_fails(capsys):
@@ -132,6 +133,21 @@ def test_loss_naive_log_softmax_fails_on_large_logits(capsys):
     np.testing.assert_allclose(naive(logits, labels),
                                training.cross_entropy_loss(logits, labels), rtol=1e-5)
     expect_failed(capsys, check.cross_entropy_loss, "cross_entropy_loss", naive)
+
+
+def test_loss_from_logsumexp_passes(capsys):
+    def from_logsumexp(logits, labels):  # section 3's identity, as the exercise asks
+        log_probs = logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+        return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
+
+    def with_log_softmax(logits, labels):
+        picked = jax.nn.log_softmax(logits)[jnp.arange(labels.shape[0]), labels]
+        return -picked.mean()
+
+    for answer in (from_logsumexp, with_log_softmax):
+        line, use = run_checker(capsys, check.cross_entropy_loss, answer)
+        assert line.startswith("PASSED cross_entropy_loss:"), line
+        assert use is answer
 
 
 def test_loss_on_softmax_probabilities_fails(capsys):
@@ -333,7 +349,8 @@ def test_train_step_with_gradient_of_the_summed_loss_fails(capsys):
         optimizer.update(model, grads)
         return loss, training.accuracy(logits, labels)
 
-    expect_failed(capsys, check.train_step, "train_step", summed_gradient, "9 times the expected")
+    expect_failed(capsys, check.train_step, "train_step", summed_gradient,
+                  "moved 9 times as far as expected, the batch size")
 
 
 def test_train_step_calling_the_reference_body_passes(capsys):
@@ -342,6 +359,23 @@ def test_train_step_calling_the_reference_body_passes(capsys):
 
     line, _ = run_checker(capsys, check.train_step, step)
     assert line.startswith("PASSED train_step:"), line
+
+
+def test_train_step_flattening_the_documented_images_passes(capsys):
+    def flattening_step(model, optimizer, images, labels):  # (B, 28, 28), as documented
+        flat = images.reshape(-1, 28 * 28)
+
+        def loss_fn(model):
+            logits = model(flat)
+            return training.cross_entropy_loss(logits, labels), logits
+
+        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        optimizer.update(model, grads)
+        return loss, training.accuracy(logits, labels)
+
+    line, use = run_checker(capsys, check.train_step, flattening_step)
+    assert line.startswith("PASSED train_step:"), line
+    assert use is flattening_step
 
 
 # --- training_flops --------------------------------------------------------------------------
@@ -383,7 +417,7 @@ def _flops_with_biases(sizes):
 
 
 @pytest.mark.parametrize(("wrong", "says"), [
-    (_flops_three_times_forward, "3 x forward"),
+    (_flops_three_times_forward, "3 x the forward FLOPs"),
     (_flops_forward_and_weights, "expected"),
     (_flops_int32, "overflowed a 32-bit integer"),
     (_flops_float32, "(40001, 60007, 30011)"),

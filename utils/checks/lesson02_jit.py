@@ -1,22 +1,37 @@
 """Exercise checkers of lesson 02_jit, with their reference solutions.
 
-Each checker takes the student's function, tests it on fresh random inputs, prints one
-verdict line (``PASSED``, ``FAILED`` or ``NOT ATTEMPTED``) and returns the function the
-lesson goes on with (the student's if it passed, else the reference)::
+Each checker takes the student's function, tests it on inputs drawn from a fixed seed,
+prints one verdict line (``PASSED``, ``FAILED`` or ``NOT ATTEMPTED``) and returns the function
+the lesson goes on with (the student's if it passed, else the reference)::
 
     from utils.checks import lesson02_jit as check
     huber = check.huber(huber)
 
-Exercises, and the property each one checks beyond values:
+Exercises, what each checker tests, and on which inputs:
 
-- ``huber(x, delta)``: the Huber loss, elementwise, with ``jnp.where``. Must be traceable
-  (no Python ``if`` on a traced value, no ``float(...)``).
-- ``make_sgd_step()``: returns a *jitted* least-squares SGD step ``step(w, x, y, lr)``.
-  New data and a new learning rate must not compile again (one compilation per shape).
-- ``ema(xs, decay)``: exponential moving averages of a sequence with ``lax.scan``. Its
-  jaxpr must not grow with the number of steps (no Python loop over time).
+- ``huber(x, delta)``: the Huber loss, elementwise. Traceable with ``x`` and ``delta``
+  traced (no Python ``if`` on a traced value, no ``float(...)``); values on shapes ``()`` to
+  ``(64,)`` under ``jax.jit``, at exactly ``+-delta``, for outliers of ``1e20`` (finite loss,
+  though their square overflows float32); gradients too, ``x = 0`` included.
+- ``make_sgd_step()``: returns a *jitted* least-squares SGD step ``step(w, x, y, lr)``; nine
+  calls with new data and a new learning rate each, batch sizes 1 to 48: right values, and
+  at most one compilation per input shape.
+- ``ema(xs, decay)``: exponential moving averages along axis 0, from ``m = 0``. Values on
+  short sequences of one to three axes, and on a sequence of 1,000 steps with decays 0.5
+  and 0.9 (where a closed formula with powers of ``decay`` overflows float32); ``decay``
+  traced; and the program must not grow in proportion to the number of steps, as an
+  unrolled Python loop's does (its jaxpr at 8 and at 256 steps is compared). ``lax.scan``
+  passes, and so does any other way that keeps the program small
+  (``lax.associative_scan``, say).
 - ``pad_to_bucket(x, bucket)``: zero-pad a batch to the next multiple of ``bucket`` and
-  return a mask. A jitted function fed padded batches of many sizes compiles once per bucket.
+  return ``(padded, mask)``. Sizes around buckets of 8, 5, 1 and 32; float32, int32 and
+  uint8 rows, with and without trailing axes, and real rows that are all zeros (the mask
+  marks rows by position, never by content); then a jitted masked mean fed padded batches
+  of random sizes compiles at most once per bucket.
+
+A FAILED line names a cause only when the checker established it (a tracing error, a
+compilation count, a jaxpr size, values that are inf or NaN); otherwise it shows the input,
+the expected value and what came back.
 """
 
 from __future__ import annotations
@@ -33,6 +48,7 @@ from jax.typing import ArrayLike
 
 from utils.exercises import (
     CheckFailed,
+    Hints,
     compare_with_reference,
     expect_array,
     expect_close,
@@ -42,6 +58,7 @@ from utils.exercises import (
 from utils.introspection import CompileCounter, is_traceable, jaxpr_size
 
 __all__ = [
+    "HINTS",
     "ema",
     "huber",
     "make_sgd_step",
@@ -51,6 +68,42 @@ __all__ = [
     "reference_make_sgd_step",
     "reference_pad_to_bucket",
 ]
+
+
+#: What each checker says beyond its verdict (see :class:`utils.exercises.Hints`).
+HINTS: dict[str, Hints] = {
+    "huber": Hints(
+        about="A Python if cannot look at a traced value; section 4 shows the three ways "
+              "out, and an elementwise loss needs the first of them.",
+        think="Under jax.jit x has no value yet: which function chooses between two formulas "
+              "element by element? Both formulas are then computed for every element, so "
+              "neither may overflow, or lose its derivative, where it is not chosen.",
+        closer="Evaluate your function and its gradient at x = 0, at x = delta and at "
+               "x = 1e20 (whose loss is finite): which intermediate value becomes inf or NaN?",
+    ),
+    "make_sgd_step": Hints(
+        about="A training step runs thousands of times; section 3 shows what makes JAX "
+              "compile again, and this exercise keeps it to one compilation per input shape.",
+        think="Which arguments change from call to call, and which of them (if any) belong "
+              "in the compilation cache key? The mean is over the batch, whatever its size.",
+    ),
+    "ema": Hints(
+        about="lax.scan is section 4's loop primitive for loops that carry a state: one copy "
+              "of the body in the program, however many steps.",
+        think="What does each step carry to the next, what does it output, and what is the "
+              "average before the first step? A closed formula needs powers of decay that "
+              "overflow or underflow float32 on long sequences.",
+        closer="Run your function and a plain Python loop on 1,000 random steps with decay "
+               "0.5, and print both from step 120 on: where do they part?",
+    ),
+    "pad_to_bucket": Hints(
+        about="Padding to a few bucket sizes keeps the number of compilations small "
+              "(section 3); the mask says which rows are real so that results do not change.",
+        think="What is the smallest multiple of bucket that is at least n, which dtype and "
+              "trailing shape must the zero rows have, and how do you know which rows are "
+              "real? A real row can be all zeros too.",
+    ),
+}
 
 
 # --------------------------------------------------------------------------------------
@@ -195,11 +248,7 @@ def _numpy_huber(x: ArrayLike, delta: float) -> np.ndarray:
 
 def huber(student_fn: Callable[..., Any]) -> Callable[..., Any]:
     """Check ``huber(x, delta)``; print a verdict; return the function to use."""
-    return run_check(
-        "huber", student_fn, reference_huber, _check_huber,
-        hint="under jax.jit x has no value yet, so which function chooses between the two "
-             "formulas elementwise, without a Python if?",
-    )
+    return run_check("huber", student_fn, reference_huber, _check_huber, HINTS["huber"])
 
 
 _TRACER_ERRORS = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
@@ -261,11 +310,8 @@ def _check_make_sgd_step(make: Callable[..., Any]) -> str:
 
 def make_sgd_step(student_fn: Callable[..., Any]) -> Callable[..., Any]:
     """Check ``make_sgd_step() -> jitted step``; print a verdict; return the factory to use."""
-    return run_check(
-        "make_sgd_step", student_fn, reference_make_sgd_step, _check_make_sgd_step,
-        hint="which arguments change from call to call, and which of them (if any) should "
-             "be part of the compilation cache key? Divide by the batch size, whatever it is.",
-    )
+    return run_check("make_sgd_step", student_fn, reference_make_sgd_step,
+                     _check_make_sgd_step, HINTS["make_sgd_step"])
 
 
 # --------------------------------------------------------------------------------------
@@ -287,6 +333,48 @@ def _numpy_ema(xs: ArrayLike, decay: float) -> np.ndarray:
     return out
 
 
+#: The long sequences: 1,000 steps (one compilation: decay is traced), where decay**-t passes
+#: float32's largest number (3.4e38) after 128 steps at 0.5 and about 840 at 0.9.
+_LONG_STEPS, _LONG_DECAYS = 1000, (0.5, 0.9)
+
+#: Steps at which the program's size is compared: an unrolled loop grows 32-fold between
+#: them; lax.scan not at all, and lax.associative_scan by a few equations per doubling.
+_GROWTH_STEPS = (8, 256)
+
+
+def _expect_long_sequences(fn: Callable[..., Any]) -> None:
+    rng = np.random.default_rng(_SEED + 4)
+    jitted = jax.jit(fn)
+    xs = rng.standard_normal((_LONG_STEPS, 2)).astype(np.float32)
+    for decay in _LONG_DECAYS:
+        got = expect_array(jitted(jnp.asarray(xs), decay), xs.shape, np.float32,
+                           what=f"ema of a sequence of shape {xs.shape} with decay {decay}")
+        expected = _numpy_ema(xs.astype(np.float64), decay)
+        bad = ~np.isclose(got, expected, rtol=1e-4, atol=1e-5)
+        if bad.any():
+            t = int(np.argwhere(bad)[0][0])
+            finite = "" if np.all(np.isfinite(got)) else " (some values are inf or NaN)"
+            where = (f"differs from the first step on{finite}" if t == 0 else
+                     f"is right for the first {t} steps, then differs{finite}")
+            raise CheckFailed(
+                f"ema of a random sequence of shape {xs.shape} with decay {decay} {where}: at "
+                f"step {t} got {np.round(got[t], 5).tolist()}, expected "
+                f"{np.round(expected[t], 5).tolist()}."
+            )
+
+
+def _expect_no_unrolled_loop(fn: Callable[..., Any]) -> None:
+    short, long = (jax.ShapeDtypeStruct((t, 3), jnp.float32) for t in _GROWTH_STEPS)
+    small, big = jaxpr_size(fn, short, 0.9), jaxpr_size(fn, long, 0.9)
+    ratio = _GROWTH_STEPS[1] // _GROWTH_STEPS[0]
+    if big >= (ratio // 2) * max(small, 1):
+        raise CheckFailed(
+            f"the jaxpr has {small} equations for {_GROWTH_STEPS[0]} steps but {big} for "
+            f"{_GROWTH_STEPS[1]}: it grows in proportion to the number of steps, as an "
+            "unrolled Python loop does, so compiling takes longer the longer the sequence."
+        )
+
+
 def _check_ema(fn: Callable[..., Any]) -> str:
     xs = jnp.array([1.0, 1.0, 0.0, 4.0], jnp.float32)
     expect_close(fn(xs, 0.5), _numpy_ema(np.asarray(xs), 0.5), rtol=1e-5, atol=1e-6,
@@ -294,28 +382,19 @@ def _check_ema(fn: Callable[..., Any]) -> str:
     ok, why = is_traceable(fn, xs, 0.9)
     if not ok:
         raise CheckFailed(f"your function cannot be traced with a traced decay ({why}).")
-    short, long = (jax.ShapeDtypeStruct((t, 3), jnp.float32) for t in (8, 64))
-    small, big = jaxpr_size(fn, short, 0.9), jaxpr_size(fn, long, 0.9)
-    if big != small:
-        raise CheckFailed(
-            f"the jaxpr has {small} equations for 8 steps but {big} for 64: a Python loop "
-            "over the steps is unrolled into the program, so compile time grows with the "
-            "sequence length. Let lax.scan carry m from step to step."
-        )
+    _expect_no_unrolled_loop(fn)
+    _expect_long_sequences(fn)
     checked = compare_with_reference(jax.jit(fn), _numpy_ema, _ema_args, trials=6,
                                      jit=False, rtol=1e-4, atol=1e-5,
                                      rng=np.random.default_rng(_SEED))
-    return (f"{checked} under jax.jit, and without jit on a fixed input; its jaxpr is as long "
-            "for 8 steps as for 64 (no Python loop over time)")
+    return (f"{checked} under jax.jit, and without jit on a fixed input; right on a sequence "
+            f"of {_LONG_STEPS} steps with decays {' and '.join(map(str, _LONG_DECAYS))}; its "
+            "program does not grow in proportion to the number of steps")
 
 
 def ema(student_fn: Callable[..., Any]) -> Callable[..., Any]:
     """Check ``ema(xs, decay)``; print a verdict; return the function to use."""
-    return run_check(
-        "ema", student_fn, reference_ema, _check_ema,
-        hint="what does lax.scan carry from one step to the next, what does each step "
-             "output, and what is m before the first step?",
-    )
+    return run_check("ema", student_fn, reference_ema, _check_ema, HINTS["ema"])
 
 
 # --------------------------------------------------------------------------------------
@@ -326,14 +405,25 @@ _BUCKETS = (8, 5, 1, 32)  # varied: an answer that hard-codes one bucket size fa
 
 
 def _pad_input(rng: np.random.Generator, n: int, trial: int) -> np.ndarray:
-    """float32, int32 or uint8 (values up to 255) rows, with or without trailing axes."""
+    """float32, int32 or uint8 (values up to 255) rows, with or without trailing axes.
+
+    Some real rows are all zeros (the last one in every other input, and one in the
+    middle): real data has them (a blank image, a zero feature vector), so a mask must come
+    from the row count, never from the rows' content.
+    """
     tail = ((3,), (), (2, 2))[trial % 3]
     kind = trial % 3
     if kind == 0:
-        return rng.uniform(1.0, 2.0, size=(n, *tail)).astype(np.float32)
-    if kind == 1:
-        return rng.integers(-1000, 1000, size=(n, *tail)).astype(np.int32)
-    return rng.integers(200, 256, size=(n, *tail)).astype(np.uint8)
+        x = rng.uniform(1.0, 2.0, size=(n, *tail)).astype(np.float32)
+    elif kind == 1:
+        x = rng.integers(-1000, 1000, size=(n, *tail)).astype(np.int32)
+    else:
+        x = rng.integers(200, 256, size=(n, *tail)).astype(np.uint8)
+    if trial % 2 == 0:
+        x[n - 1] = 0
+    if n >= 3:
+        x[n // 2] = 0
+    return x
 
 
 def _sizes_for(bucket: int, rng: np.random.Generator) -> list[int]:
@@ -366,11 +456,19 @@ def _check_pad_to_bucket(fn: Callable[..., Any]) -> str:
                 raise CheckFailed(f"the first {n} rows of padded from {call} are not x itself.")
             if np.any(padded[n:] != 0):
                 raise CheckFailed(f"the padding rows from {call} are not all zeros.")
-            if not np.array_equal(mask, np.arange(m) < n):
-                raise CheckFailed(f"mask from {call} should be True for the {n} real rows and "
-                                  "False for the padding.")
+            right = np.arange(m) < n
+            if not np.array_equal(mask, right):
+                wrong = np.flatnonzero(mask != right)
+                zero_rows = [int(i) for i in wrong if i < n and not np.any(x[i])]
+                seen = (f" (x[{zero_rows[0]}] is a real row that is all zeros)"
+                        if zero_rows else "")
+                raise CheckFailed(
+                    f"mask from {call} is {mask[wrong[0]]} at row {int(wrong[0])}{seen}, but "
+                    f"should be True for the {n} real row{'s' if n > 1 else ''} (rows 0 to "
+                    f"{n - 1}) and False for the padding.")
     return (f"right shapes, dtypes, zeros and mask for {tried} sizes around buckets of "
-            f"{', '.join(map(str, _BUCKETS))} (float32, int32 and uint8 rows); "
+            f"{', '.join(map(str, _BUCKETS))} (float32, int32 and uint8 rows, some real rows "
+            "all zeros); "
             + _check_one_compile_per_bucket(fn, rng, _BUCKETS[0]))
 
 
@@ -397,8 +495,5 @@ def _check_one_compile_per_bucket(fn: Callable[..., Any], rng: np.random.Generat
 
 def pad_to_bucket(student_fn: Callable[..., Any]) -> Callable[..., Any]:
     """Check ``pad_to_bucket(x, bucket) -> (padded, mask)``; print a verdict; return the fn."""
-    return run_check(
-        "pad_to_bucket", student_fn, reference_pad_to_bucket, _check_pad_to_bucket,
-        hint="what is the smallest multiple of bucket that is at least n, which dtype and "
-             "trailing shape must the zero rows have, and which rows does the mask mark?",
-    )
+    return run_check("pad_to_bucket", student_fn, reference_pad_to_bucket, _check_pad_to_bucket,
+                     HINTS["pad_to_bucket"])

@@ -4,13 +4,15 @@ Each checker takes the student's answer, prints one ``PASSED`` / ``FAILED`` /
 ``NOT ATTEMPTED`` line (see :mod:`utils.exercises`) and returns what to go on with (the
 student's answer if it passed, else the reference from :mod:`utils.training`).
 
-- :func:`mlp`: the forward pass (``MLP.__call__``): flatten, two Linear+ReLU, Linear to
-  logits. Checked against the formula on the model's own parameters, several sizes and
-  input shapes (batch size 1 too), eagerly and under ``nnx.jit``, and the gradient of a
-  loss through it (training differentiates it).
+- :func:`mlp`: the forward pass (``MLP.__call__``): flatten each example, two Linear+ReLU,
+  Linear to logits. The spec: ``x`` of shape ``(N, ...)`` holding ``din`` numbers per
+  example (``(N, 28, 28)`` or ``(N, 784)`` for MNIST). Checked against the formula on the
+  model's own parameters for several sizes and input shapes (``(5, 28, 28)`` with din 784,
+  a batch of one too), eagerly and under ``nnx.jit``, and the gradient of a loss through it
+  (training differentiates it).
 - :func:`cross_entropy_loss`: mean softmax cross-entropy from logits, also for large logits
   (where a hand-made ``log(softmax)`` overflows), one example, two classes; its gradient
-  with respect to the logits too.
+  with respect to the logits too. Any stable way passes (``jax.nn.logsumexp``, optax).
 - :func:`accuracy`: fraction of argmax predictions equal to the labels, a float32 scalar;
   also with tied logits (the first largest is the prediction) and one example.
 - :func:`shuffled_batch_indices`: a permutation on the device cut into full batches
@@ -18,15 +20,18 @@ student's answer if it passed, else the reference from :mod:`utils.training`).
   most once, and exactly once when nothing is left over; in range; the examples shuffled,
   not only the order of the batches; determined by the key, a new order for a new key;
   the dropped remainder changing with the key; under ``jax.jit``).
-- :func:`train_step`: one optimisation step on one batch: loss, accuracy and the updated
-  parameters compared with the reference step on an identical model and optimizer. The
-  optimizer is plain SGD, so the update is the gradient itself (Adam would hide a gradient
-  off by a constant factor), on batches of 9 and of 1.
+- :func:`train_step`: one optimisation step on one batch of the documented shape
+  ``(B, 28, 28)``: loss, accuracy and the updated parameters compared with the reference
+  step on an identical model (784 -> 16 -> 16 -> 4) and optimizer. The optimizer is plain
+  SGD, so the update is the gradient itself (Adam would hide a gradient off by a constant
+  factor), on batches of 9 and of 1.
 - :func:`training_flops`: the matmul FLOPs of one training step per example for an MLP of
   given layer sizes (forward, weight gradients, and input gradients for every layer but the
   first), exact, for sizes whose count overflows 32-bit integers too.
 
 Every checker draws its random inputs from a fixed seed: the verdict is the same each run.
+A FAILED line names a cause only when a probe established it; otherwise it shows the input,
+the expected value and what came back.
 """
 
 from __future__ import annotations
@@ -37,12 +42,65 @@ from typing import Any
 import numpy as np
 
 from utils import training
-from utils.exercises import CheckFailed, compare_with_reference, expect_array, run_check
+from utils.exercises import CheckFailed, Hints, compare_with_reference, expect_array, run_check
 
 Fn = Callable[..., Any]
 
-__all__ = ["accuracy", "cross_entropy_loss", "mlp", "reference_training_flops",
+__all__ = ["HINTS", "accuracy", "cross_entropy_loss", "mlp", "reference_training_flops",
            "shuffled_batch_indices", "train_step", "training_flops"]
+
+#: What each checker says beyond its verdict (see :class:`utils.exercises.Hints`).
+HINTS: dict[str, Hints] = {
+    "MLP.__call__": Hints(
+        about="In Flax NNX a model's forward pass is its __call__ (section 2): the layers are "
+              "made in __init__, and you wire them.",
+        think="Flatten each example into one row whatever its shape, but keep the batch "
+              "axis, even for a batch of one; which layers get a ReLU, and why must the "
+              "output layer not have one?",
+        closer="Check the shapes on paper for a batch of one (1, 28, 28) and for din = 12 "
+               "with examples of shape (3, 4): what does each layer receive?",
+    ),
+    "cross_entropy_loss": Hints(
+        about="Section 3 shows why the loss is computed from logits: the log of a softmax "
+              "overflows for a confident model, the identity log_softmax(z) = z - "
+              "logsumexp(z) does not.",
+        think="The loss of one example is minus the log-probability of its true class: which "
+              "entry of log_softmax is that, and how does the batch's loss become one number?",
+        closer="Try logits of size 200 on a few examples, and compare your loss with the "
+               "lesson's optax cell: if one is inf or NaN, where does the overflow happen?",
+    ),
+    "accuracy": Hints(
+        about="Accuracy is the fraction of examples whose largest logit is their label "
+              "(section 3).",
+        think="Which class does each row predict (and which one when two logits tie for the "
+              "largest), and how do the matches become a float32 fraction rather than a "
+              "count?",
+    ),
+    "shuffled_batch_indices": Hints(
+        about="With the data on the device, an epoch's batches are the rows of a random "
+              "permutation of the indices (section 1).",
+        think="One random order of all the examples, drawn from the key; as many as fill "
+              "whole batches; shaped one batch per row. Which examples are left out must "
+              "change with the key, and the examples themselves must be shuffled, not only "
+              "the order of the batches.",
+    ),
+    "train_step": Hints(
+        about="A train step is the gradient of the batch's loss with respect to the model, "
+              "then the optimizer's update (section 4).",
+        think="Differentiate a function of the model that returns the loss and, passed "
+              "through, the logits; who applies the gradients, and are the loss and accuracy "
+              "you return from before or after the update?",
+        closer="With plain SGD the update is the learning rate times the gradient: is your "
+               "gradient that of the batch's mean loss?",
+    ),
+    "training_flops": Hints(
+        about="Counting a training step's FLOPs (section 5) shows why it is not simply 3x "
+              "the forward pass.",
+        think="Per layer: the forward product, the weight gradient, and the gradient of the "
+              "layer's input, which only a layer with something below it needs. Counts pass "
+              "2**31: which integer type holds them?",
+    ),
+}
 
 _MLP_CASES = (  # (din, dhidden, dout, input shape)
     (784, 32, 10, (5, 28, 28)),
@@ -97,9 +155,11 @@ def _check_mlp(cls: Any) -> str:
             got = expect_array(fn(model, x), (shape[0], dout), "float32",
                                f"the output for input shape {shape}{how}")
             if not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
-                if np.all(got >= 0) and np.any(expected < 0):
-                    raise CheckFailed(f"the logits for input shape {shape} are never negative: "
-                                      "is there a ReLU (or softmax) on the output layer?")
+                if np.any(expected < 0) and np.allclose(got, np.maximum(expected, 0.0),
+                                                         rtol=1e-4, atol=1e-4):
+                    raise CheckFailed(f"the logits for input shape {shape}{how} are the right "
+                                      "ones with every negative logit set to 0: the output "
+                                      "layer has a ReLU.")
                 raise CheckFailed(f"the output for input shape {shape}{how} differs from "
                                   "relu(relu(x W1 + b1) W2 + b2) W3 + b3 (max difference "
                                   f"{np.max(np.abs(got - expected)):.3g}).")
@@ -139,8 +199,7 @@ def mlp(student_cls: Any, *, quiet: bool = False) -> Any:
     """Check the student's ``MLP`` class (its ``__call__``); return the class to use."""
     return run_check(
         "MLP.__call__", student_cls, training.MLP, _check_mlp,
-        "flatten with x.reshape(x.shape[0], -1), then nnx.relu(self.hidden1(x)), "
-        "nnx.relu(self.hidden2(x)), and return self.out(x) with no activation (logits).",
+        HINTS["MLP.__call__"],
         quiet=quiet,
     )
 
@@ -200,8 +259,7 @@ def cross_entropy_loss(student_fn: Fn, *, quiet: bool = False) -> Fn:
     return run_check(
         "cross_entropy_loss", student_fn, training.cross_entropy_loss,
         _check_loss,
-        "return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), "
-        "on the logits themselves (no softmax first), averaged over the batch.",
+        HINTS["cross_entropy_loss"],
         quiet=quiet,
     )
 
@@ -212,8 +270,7 @@ def accuracy(student_fn: Fn, *, quiet: bool = False) -> Fn:
         "accuracy", student_fn, training.accuracy,
         lambda fn: _jitted_comparison(fn, training.accuracy, 4004)
         + ", including tied logits (the first largest is the prediction) and one example",
-        "compare jnp.argmax(logits, axis=-1) with labels and take the mean as float32 "
-        "(a fraction in [0, 1], not a count).",
+        HINTS["accuracy"],
         quiet=quiet,
     )
 
@@ -296,8 +353,7 @@ def shuffled_batch_indices(student_fn: Fn, *, quiet: bool = False) -> Fn:
     """Check ``shuffled_batch_indices(key, num_examples, batch_size) -> (B_count, B) ints``."""
     return run_check(
         "shuffled_batch_indices", student_fn, training.shuffled_batch_indices, _check_batches,
-        "draw one random permutation of all num_examples indices from the key, keep as many "
-        "as fill whole batches, and give it the shape (number of batches, batch_size).",
+        HINTS["shuffled_batch_indices"],
         quiet=quiet,
     )
 
@@ -312,12 +368,12 @@ def _check_train_step(fn: Callable[..., Any]) -> str:
     how = " under nnx.jit"  # the way the lesson runs it
     pairs = []
     for step in (fn, training.train_batch):
-        model = training.MLP(12, 16, 4, rngs=nnx.Rngs(3))
+        model = training.MLP(784, 16, 4, rngs=nnx.Rngs(3))
         # Plain SGD: the update is -learning_rate * gradient, so a gradient off by any factor
         # shows (Adam divides it out).
         pairs.append((model, training.create_optimizer(model, optax.sgd(0.5)), nnx.jit(step)))
     for i, batch in enumerate((9, 9, 1)):
-        x = jnp.asarray(rng.normal(size=(batch, 3, 4)), jnp.float32)
+        x = jnp.asarray(rng.normal(size=(batch, 28, 28)), jnp.float32)  # as documented
         labels = rng.integers(0, 4, size=batch)
         labels[0] = 3  # the last class is present
         y = jnp.asarray(labels, jnp.int32)
@@ -349,21 +405,27 @@ def _check_train_step(fn: Callable[..., Any]) -> str:
             if not np.allclose(a, b, rtol=1e-4, atol=1e-5):
                 moved, expected_move = a - old, b - old
                 scale = float(np.sum(moved * expected_move) / max(np.sum(expected_move**2), 1e-30))
-                why = (f" (the step is {scale:.3g} times the expected one: is the gradient that "
-                       "of the mean loss of the batch?)" if abs(scale - 1) > 0.01 else "")
+                parallel = np.allclose(moved, scale * expected_move, rtol=1e-3, atol=1e-6)
+                if parallel and batch > 1 and abs(scale - batch) < 0.01 * batch:
+                    why = (f" (every parameter moved {batch} times as far as expected, the "
+                           f"batch size: that is the gradient of the loss summed over the "
+                           "batch, not of its mean)")
+                elif parallel and abs(scale - 1) > 0.01:
+                    why = f" (every parameter moved {scale:.3g} times as far as expected)"
+                else:
+                    why = ""
                 raise CheckFailed(f"{where}: the updated parameters differ from one step of the "
                                   f"optimizer on the gradient of the mean loss{why}.")
     return ("under nnx.jit, loss, accuracy and updated parameters match the reference "
-            "over 3 steps of SGD (batches of 9 and 1), which shows any error in the gradient")
+            "over 3 steps of SGD on (B, 28, 28) images (batches of 9 and 1), which shows any "
+            "error in the gradient")
 
 
 def train_step(student_fn: Fn, *, quiet: bool = False) -> Fn:
     """Check ``train_step(model, optimizer, images, labels) -> (loss, accuracy)``."""
     return run_check(
         "train_step", student_fn, training.train_batch, _check_train_step,
-        "differentiate a function of the model that returns (loss, logits) with "
-        "nnx.value_and_grad(..., has_aux=True), let the optimizer update the model with the "
-        "gradients, and return the loss and the accuracy computed from those logits.",
+        HINTS["train_step"],
         quiet=quiet,
     )
 
@@ -392,6 +454,19 @@ _FLOP_CASES = (
 )
 
 
+def _forward_flops(sizes: Any) -> int:
+    return sum(2 * a * b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+
+
+def _always_three_times_forward(fn: Fn) -> bool:
+    """The probe behind naming that mistake: 3 x forward on every MLP of 2+ layers."""
+    try:
+        return all(fn(sizes) == 3 * _forward_flops(sizes) for sizes in _FLOP_CASES
+                   if len(sizes) > 2)
+    except Exception:
+        return False
+
+
 def _check_training_flops(fn: Fn) -> str:
     for sizes in _FLOP_CASES:
         for given in (sizes, list(sizes)):
@@ -404,10 +479,10 @@ def _check_training_flops(fn: Fn) -> str:
                                   "(a Python int).")
             value = got.item() if hasattr(got, "item") else got
             if value != expected:
-                forward = sum(2 * a * b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
-                if value == 3 * forward and len(sizes) > 2:
-                    why = (" That is 3 x forward: the first layer's input gradient (with respect "
-                           "to the data) is never computed.")
+                if len(sizes) > 2 and _always_three_times_forward(fn):
+                    why = (" On every MLP of two layers or more it returned 3 x the forward "
+                           "FLOPs: the first layer's input gradient (with respect to the "
+                           "data) is never computed.")
                 elif expected < 2**63 and value % 2**32 == expected % 2**32:
                     why = (" The low 32 bits are right: the count overflowed a 32-bit integer "
                            "(use Python ints, not jnp arrays).")
@@ -422,8 +497,6 @@ def training_flops(student_fn: Fn, *, quiet: bool = False) -> Fn:
     """Check ``training_flops(layer_sizes) -> int``: matmul FLOPs of one training step."""
     return run_check(
         "training_flops", student_fn, reference_training_flops, _check_training_flops,
-        "count 2 * a * b per layer for the forward pass; the backward pass computes each "
-        "layer's weight gradient, and the gradient of its input only where something "
-        "earlier needs it.",
+        HINTS["training_flops"],
         quiet=quiet,
     )
