@@ -279,7 +279,7 @@ def test_static_argnums_are_passed_to_jit():
         compare_with_reference(reference, reference, args, trials=3)  # k traced: fails
 
 
-def test_every_case_is_a_fresh_random_input():
+def test_cases_are_random_but_the_same_in_every_run():
     seen = []
 
     def spy(x):
@@ -289,8 +289,14 @@ def test_every_case_is_a_fresh_random_input():
     compare_with_reference(spy, reference_relu, relu_args, trials=4, jit=False)
     compare_with_reference(spy, reference_relu, relu_args, trials=4, jit=False)
     assert len(seen) == 8
-    assert not np.array_equal(seen[0], seen[4])  # a second run draws new inputs
     assert [s.shape for s in seen[:4]] == [(1,), (2, 3), (3,), (4, 3)]
+    assert len({s.tobytes() for s in seen[:4]}) == 4  # each case its own draw
+    # A second run sees the same inputs, so a verdict never changes between runs ...
+    assert all(np.array_equal(a, b) for a, b in zip(seen[:4], seen[4:], strict=True))
+    # ... and a checker that passes its own generator gets its own inputs.
+    compare_with_reference(spy, reference_relu, relu_args, trials=4, jit=False,
+                           rng=np.random.default_rng(1))
+    assert not np.array_equal(seen[0], seen[8])
 
 
 def test_tuple_outputs_are_compared_element_by_element():
