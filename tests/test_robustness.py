@@ -197,6 +197,38 @@ def test_make_pgd_is_stronger_than_fgsm_and_compiles_once():
     assert not [r for r in records if "Compiling" in r.getMessage()]
 
 
+def test_margin_loss_matches_numpy_for_one_example_and_a_batch():
+    logits = jnp.asarray([[2.0, 5.0, -1.0]])
+    assert float(robustness.margin_loss(logits, jnp.asarray([1]))) == pytest.approx(-3.0)
+    assert float(robustness.margin_loss(logits, jnp.asarray([0]))) == pytest.approx(3.0)
+    rng = np.random.default_rng(0)
+    z, y = rng.normal(size=(7, 4)).astype(np.float32), rng.integers(0, 4, 7)
+    other = np.where(np.eye(4, dtype=bool)[y], -np.inf, z).max(axis=1)
+    expected = np.mean(other - z[np.arange(7), y])
+    assert float(robustness.margin_loss(jnp.asarray(z), jnp.asarray(y))) == pytest.approx(
+        expected, rel=1e-6)
+
+
+def test_margin_loss_rejects_one_class_logits():
+    with pytest.raises(ValueError, match="K >= 2"):
+        robustness.margin_loss(jnp.zeros((3, 1)), jnp.zeros((3,), jnp.int32))
+
+
+def test_margin_gradient_survives_a_saturated_softmax():
+    """Logit gap 200: the float32 softmax is exactly 1 and every other probability underflows
+    to 0, so the cross-entropy's input gradient is exactly 0; the margin's is not."""
+    model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+    model.kernel[...] = jnp.asarray([[100.0, -100.0], [0.0, 0.0]])
+    model.bias[...] = jnp.zeros(2)
+    x, y = jnp.asarray([[1.0, 0.5]]), jnp.asarray([0])
+    assert float(jax.nn.softmax(model(x))[0, 0]) == 1.0
+    assert not np.any(np.asarray(robustness.input_gradient(model, x, y)))
+    grad = robustness.input_gradient(model, x, y, robustness.margin_loss)
+    np.testing.assert_allclose(grad, [[-200.0, 0.0]])
+    step = robustness.pgd_step(model, x, x, y, 0.1, 0.05, loss=robustness.margin_loss)
+    np.testing.assert_allclose(step, [[0.95, 0.5]], rtol=1e-6)
+
+
 def test_make_pgd_rejects_bad_steps():
     with pytest.raises(ValueError, match="steps must be a positive whole number"):
         robustness.make_pgd(0)

@@ -9,7 +9,8 @@ through.
 - :func:`eval_view`: the model with dropout off and batch statistics frozen, the view every
   attack differentiates (a train-mode attack is noisy, or raises in NNX).
 - :func:`input_gradient`, :func:`fgsm`, :func:`random_start`, :func:`pgd_step`,
-  :func:`make_pgd`: the fast gradient sign method and projected gradient descent.
+  :func:`make_pgd`: the fast gradient sign method and projected gradient descent, with the
+  cross-entropy or the :func:`margin_loss` (Carlini-Wagner style) as the attacked loss.
 - :func:`make_adversarial_batch_step`: a one-batch training step on attacked images, for
   :func:`utils.training.fit`.
 - :data:`CORRUPTIONS`, :func:`corrupt`: noise, blur, rotation and contrast, computed on the
@@ -39,6 +40,7 @@ __all__ = [
     "Standardize",
     "auroc",
     "corrupt",
+    "cross_entropy",
     "eval_view",
     "expected_calibration_error",
     "fgsm",
@@ -46,6 +48,7 @@ __all__ = [
     "input_gradient",
     "make_adversarial_batch_step",
     "make_pgd",
+    "margin_loss",
     "max_softmax_probability",
     "nll",
     "pgd_step",
@@ -96,18 +99,43 @@ def _check_batch(images: Any, labels: Any) -> None:
                          f"got {np.shape(labels)}.")
 
 
-def input_gradient(model: nnx.Module, images: jax.Array, labels: jax.Array) -> jax.Array:
-    """Gradient of the mean cross-entropy with respect to the images, in eval mode.
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean cross-entropy of ``logits`` ``(N, K)`` against integer ``labels`` ``(N,)``."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def margin_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean margin ``max_{j != y} z_j - z_y`` (Carlini & Wagner, 2017), ``(N, K), (N,) -> ()``.
+
+    Positive for a misclassified example. Unlike the cross-entropy, its gradient does not
+    vanish when the float32 softmax of a confident example rounds to exactly 1 (lesson 09).
+    """
+    logits = jnp.asarray(logits)
+    if logits.ndim != 2 or logits.shape[-1] < 2:
+        raise ValueError(f"logits must have shape (N, K) with K >= 2, got {logits.shape}.")
+    true = jnp.take_along_axis(logits, jnp.asarray(labels)[:, None], axis=-1)[:, 0]
+    is_true = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.bool_)
+    other = jnp.max(jnp.where(is_true, -jnp.inf, logits), axis=-1)
+    return jnp.mean(other - true)
+
+
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def input_gradient(model: nnx.Module, images: jax.Array, labels: jax.Array,
+                   loss: LossFn = cross_entropy) -> jax.Array:
+    """Gradient of ``loss(logits, labels)`` (default: the mean cross-entropy) with respect
+    to the images, in eval mode.
 
     images ``(N, ...)`` float in [0, 1], labels ``(N,)`` int. Returns ``(N, ...)``.
     """
     _check_batch(images, labels)
     view = eval_view(model)
 
-    def loss(x: jax.Array) -> jax.Array:
-        return optax.softmax_cross_entropy_with_integer_labels(view(x), labels).mean()
+    def of_images(x: jax.Array) -> jax.Array:
+        return loss(view(x), labels)
 
-    return jax.grad(loss)(images)
+    return jax.grad(of_images)(images)
 
 
 def fgsm(model: nnx.Module, images: jax.Array, labels: jax.Array, epsilon: ArrayLike
@@ -134,15 +162,17 @@ def random_start(key: jax.Array, images: jax.Array, epsilon: ArrayLike) -> jax.A
 
 
 def pgd_step(model: nnx.Module, images: jax.Array, adversarial: jax.Array, labels: jax.Array,
-             epsilon: ArrayLike, step_size: ArrayLike) -> jax.Array:
-    """One step of projected gradient descent (ascent on the loss), L-infinity.
+             epsilon: ArrayLike, step_size: ArrayLike, loss: LossFn = cross_entropy
+             ) -> jax.Array:
+    """One step of projected gradient descent (ascent on ``loss``), L-infinity.
 
     From ``adversarial``: a step of ``step_size`` along the sign of the input gradient
     there, projected back on the epsilon ball around ``images``, clipped to [0, 1].
-    All images ``(N, ...)``; returns ``(N, ...)``.
+    All images ``(N, ...)``; returns ``(N, ...)``. ``loss(logits, labels)``: the mean
+    cross-entropy by default, or :func:`margin_loss`.
     """
     _check_epsilon(epsilon)
-    grad = input_gradient(model, adversarial, labels)
+    grad = input_gradient(model, adversarial, labels, loss)
     moved = adversarial + step_size * jnp.sign(grad)
     projected = images + jnp.clip(moved - images, -epsilon, epsilon)
     return jnp.clip(projected, 0.0, 1.0)
