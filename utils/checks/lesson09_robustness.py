@@ -12,7 +12,8 @@ checker says beyond the verdict comes from :data:`HINTS` (never a line of the so
   it was.
   Pixels whose gradient is (nearly) zero may move either way or stay.
 - :func:`random_start`: uniform noise in the epsilon ball, clipped; checked by properties on
-  two shapes (batch 1 and 64) and three epsilons: inside the ball and [0, 1], decided by the
+  two shapes (batch 1 and 64) and three epsilons, eagerly (batch 1 also traced under
+  ``jax.jit``): inside the ball and [0, 1], decided by the
   key (same key, same start; another key, another start); then on 64 grey 32x32 images
   (no clipping) with epsilon 0.25: independent across the batch and along each image axis
   (no two images, rows or columns with correlated noise: the same noise for every image is
@@ -28,7 +29,8 @@ checker says beyond the verdict comes from :data:`HINTS` (never a line of the so
 - :func:`expected_calibration_error`: against a float64 NumPy loop on random inputs (batch
   sizes 1 to 1000, 2 to 10 classes, 1 to 20 bins, empty bins, confidences of exactly 1)
   and on degenerate ones: a constant classifier (every row the same), every label the same
-  class, confidences tied at four values; under ``jax.jit`` (the first also eagerly).
+  class, confidences tied at four values; eagerly (the first also traced under ``jax.jit``,
+  which compiles nothing: checks stay quick).
   Confidences on an interior bin edge are never tried (conventions differ there). A FAILED
   line blames confidences of exactly 1 only after the same input without them passes.
 - :func:`fit_temperature`: the NLL at the returned temperature is within 0.2% of the best
@@ -38,8 +40,8 @@ checker says beyond the verdict comes from :data:`HINTS` (never a line of the so
   transform of the answer is the best temperature.
 - :func:`auroc`: against a pairwise float64 count (ties one half) on scores with many ties,
   all scores equal, sets of one score, perfectly separated sets, and scores of magnitude
-  1e30 and near 1e6 (nothing may squash or bin them); under ``jax.jit`` (the first also
-  eagerly). A FAILED line names swapped arguments, a dependence on the scores' sizes
+  1e30 and near 1e6 (nothing may squash or bin them); eagerly (the first also traced under
+  ``jax.jit``). A FAILED line names swapped arguments, a dependence on the scores' sizes
   (not only their order) or ties only when a probe shows it.
 
 Every random input comes from a fixed seed, so a verdict never changes between runs, and
@@ -220,11 +222,32 @@ def _compiled(fn: Fn, kind: str) -> Fn:
     return nnx.jit(fn) if kind == "nnx" else jax.jit(fn)
 
 
-@functools.lru_cache(maxsize=32)
-def _compiled_static(fn: Fn, static_argnums: tuple[int, ...]) -> Fn:
+def _check_traceable(fn: Fn, args: tuple[Any, ...], static: tuple[int, ...], got: Any,
+                     where: str) -> None:
+    """``fn`` traces as under ``jax.jit`` (``num_bins`` and the like static), to an output of
+    the shape and dtype it gave eagerly. Tracing compiles nothing, so this costs little; a
+    function that traces compiles under ``jax.jit`` with the same result."""
     import jax
 
-    return jax.jit(fn, static_argnums=static_argnums)
+    fixed = {i: args[i] for i in static}
+    dynamic = [a for i, a in enumerate(args) if i not in fixed]
+
+    def with_static(*rest: Any) -> Any:
+        it = iter(rest)
+        return fn(*(fixed[i] if i in fixed else next(it) for i in range(len(args))))
+
+    try:
+        shape = jax.eval_shape(with_static, *dynamic)
+    except (NotImplementedError, CheckFailed):
+        raise
+    except Exception as error:
+        raise CheckFailed(f"{where}, your function works eagerly but fails under jax.jit: "
+                          f"{summarize_error(error).rstrip('.')}.") from None
+    if not hasattr(shape, "shape") or (tuple(shape.shape), np.dtype(shape.dtype)) != (
+            tuple(np.shape(got)), np.dtype(getattr(got, "dtype", None))):
+        raise CheckFailed(f"{where}, under jax.jit your function returns {shape}, but "
+                          f"{getattr(got, 'dtype', type(got).__name__)} of shape "
+                          f"{np.shape(got)} eagerly.")
 
 
 def _model_state(model: Any) -> list[np.ndarray]:
@@ -419,7 +442,6 @@ def _check_random_start(fn: Fn) -> str:
     rng = np.random.default_rng(3)
     # Two shapes only (each is a compilation per answer); the second at two epsilons.
     cases = ((1, (3, 4), 0.3), (64, (32, 32), 0.1), (64, (32, 32), 0.05))
-    jitted = _compiled(fn, "jax")
     for i, (n, shape, eps) in enumerate(cases):
         pixels = rng.uniform(0, 1, (n, *shape))
         pixels[rng.uniform(size=pixels.shape) < 0.3] = 0.0
@@ -427,13 +449,14 @@ def _check_random_start(fn: Fn) -> str:
         images = jnp.asarray(pixels, jnp.float32)
         x = np.asarray(images)
         key = jax.random.key(100 + i)
-        for how, f in ((" under jax.jit", jitted), ("", fn))[0 if i == 0 else 1:]:
-            where = f"for images of shape {images.shape}, eps={eps}{how}"
-            got = expect_array(f(key, images, eps), images.shape, "float32",
-                               f"the output {where}")
-            _check_box(got, x, eps, where)
-            if not np.array_equal(np.asarray(f(key, images, eps)), got):
-                raise CheckFailed(f"{where}, two calls with the same key differ.")
+        where = f"for images of shape {images.shape}, eps={eps}"
+        out = fn(key, images, eps)
+        got = expect_array(out, images.shape, "float32", f"the output {where}")
+        _check_box(got, x, eps, where)
+        if not np.array_equal(np.asarray(fn(key, images, eps)), got):
+            raise CheckFailed(f"{where}, two calls with the same key differ.")
+        if i == 0:
+            _check_traceable(fn, (key, images, eps), (), out, where)
         other = np.asarray(fn(jax.random.key(200 + i), images, eps))
         if np.array_equal(other, got):
             raise CheckFailed(f"for images of shape {images.shape}, two different keys gave the "
@@ -446,7 +469,8 @@ def _check_random_start(fn: Fn) -> str:
     _check_noise_independence(noise)
     _check_noise_uniform(noise)
     return ("inside the epsilon ball and [0, 1], decided by the key, for batches of 1 and "
-            "64, three epsilons, eagerly and under jax.jit; noise independent across images, "
+            "64, three epsilons, eagerly and traced under jax.jit; noise independent across "
+            "images, "
             "rows and columns, and uniform (Kolmogorov-Smirnov, 65,536 draws)")
 
 
@@ -588,23 +612,23 @@ def _call(f: Fn, args: tuple[Any, ...], where: str) -> Any:
 def _compare(fn: Fn, oracle: Fn, cases: list[tuple[str, tuple[Any, ...]]],
              static_argnums: tuple[int, ...], rtol: float, atol: float,
              probe: Callable[[Fn, Fn, str, tuple[Any, ...]], str | None]) -> None:
-    """Every case under jax.jit, the first (smallest) also eagerly; outputs as the oracle's.
-    On a difference, ``probe(jitted, oracle, what, args)`` may name a cause it established.
-    The cases share few shapes: a jitted function compiles once per shape."""
-
-    jitted = _compiled_static(fn, static_argnums)
+    """Every case eagerly, the first (smallest) also traced as under jax.jit; outputs as the
+    oracle's. On a difference, ``probe(fn, oracle, what, args)`` may name a cause it
+    established. (Eager calls reuse the operations compiled for earlier answers; a new
+    jitted function would compile anew for every shape.)"""
     for i, (what, args) in enumerate(cases):
         expected = oracle(*args)
-        for how, f in ((" under jax.jit", jitted), ("", fn))[: 2 if i == 0 else 1]:
-            where = f"for {what} ({_describe_args(args)}){how}"
-            got = _call(f, args, where)
-            try:
-                expect_close(got, expected, rtol=rtol, atol=atol, what=f"the output {where}")
-            except CheckFailed as wrong:
-                cause = probe(jitted, oracle, what, args) if np.size(got) == 1 else None
-                if cause:
-                    raise CheckFailed(f"{wrong} {cause}") from None
-                raise
+        where = f"for {what} ({_describe_args(args)})"
+        got = _call(fn, args, where)
+        try:
+            expect_close(got, expected, rtol=rtol, atol=atol, what=f"the output {where}")
+        except CheckFailed as wrong:
+            cause = probe(fn, oracle, what, args) if np.size(got) == 1 else None
+            if cause:
+                raise CheckFailed(f"{wrong} {cause}") from None
+            raise
+        if i == 0:
+            _check_traceable(fn, args, static_argnums, got, where)
 
 
 def _ece_probe(f: Fn, oracle: Fn, what: str, args: tuple[Any, ...]) -> str | None:
@@ -634,7 +658,7 @@ def _ece_probe(f: Fn, oracle: Fn, what: str, args: tuple[Any, ...]) -> str | Non
 def _check_ece(fn: Fn) -> str:
     rng = np.random.default_rng(11)
     _compare(fn, _numpy_ece, _ece_cases(rng), (2,), rtol=1e-4, atol=1e-5, probe=_ece_probe)
-    return ("matches a float64 NumPy ECE on 9 inputs under jax.jit (the first also eagerly): batch "
+    return ("matches a float64 NumPy ECE on 9 inputs (the first also traced under jax.jit): batch "
             "sizes 1 to 1000, 2 to 10 classes, 1 to 20 bins, empty bins, confidences of "
             "exactly 1, a constant classifier, one class for every label, tied confidences")
 
@@ -806,8 +830,8 @@ def _auroc_probe(f: Fn, oracle: Fn, what: str, args: tuple[Any, ...]) -> str | N
 def _check_auroc(fn: Fn) -> str:
     cases = _auroc_cases(np.random.default_rng(17))
     _compare(fn, _pairwise_auroc, cases, (), rtol=1e-5, atol=1e-6, probe=_auroc_probe)
-    return (f"matches a pairwise float64 count on {len(cases)} inputs under jax.jit (the first "
-            "also eagerly): 1 to 300 scores per set, many ties (a tie counts one half), every "
+    return (f"matches a pairwise float64 count on {len(cases)} inputs (the first also traced "
+            "under jax.jit): 1 to 300 scores per set, many ties (a tie counts one half), every "
             "score equal, perfect separation, scores of magnitude 1e6 to 1e30")
 
 
