@@ -324,6 +324,14 @@ def test_environment_allow_list_drops_secrets_and_unknown_names():
     assert sandbox.kernel_environment(env, extra=["MY_VAR", "GITHUB_TOKEN"])["MY_VAR"] == "v"
 
 
+def test_the_graders_compilation_cache_is_not_passed_on():
+    # A submission that could write the cache could plant a program the next kernel runs.
+    env = {"JAX_COMPILATION_CACHE_DIR": "/var/cache/jax", "JAX_PLATFORMS": "cpu"}
+    assert sandbox.kernel_environment(env) == {"JAX_PLATFORMS": "cpu"}
+    assert "JAX_COMPILATION_CACHE_DIR" not in sandbox.kernel_environment(
+        env, extra=["JAX_COMPILATION_CACHE_DIR"])
+
+
 def test_bwrap_command_binds_only_what_the_kernel_needs(tmp_path, monkeypatch):
     monkeypatch.setattr(sandbox, "gpu_devices", lambda: [])
     inside = sandbox._course_package() / "checks"  # e.g. submissions inside the repository

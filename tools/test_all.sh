@@ -16,14 +16,15 @@
 # The smoke-sized parts run the same programs as strict nbval wherever a program does not
 # depend on the work's size (the checkers' cases, fixed-size demonstrations, often the
 # training step itself), and their time is mostly compiling. So strict nbval fills a
-# persistent compilation cache (test-output/jax-cache, emptied first), and the browser part
-# and the Colab leg (which upgrades to the same JAX) only read it: JAX writes no program that
-# compiled in under a billion seconds. One writer at a time, so no reader ever sees a
+# persistent compilation cache (test-output/jax-cache, emptied first), and the unit tests
+# (the checkers' tests compile the checkers' own programs), the browser part and the Colab leg
+# (which upgrades to the same JAX) only read it: JAX writes no program that compiled in under
+# a billion seconds. One writer at a time, so no reader ever sees a
 # half-written entry (JAX writes entries in place). Strict nbval's own compared outputs do
 # not depend on it: a program is only read back when another notebook compiled the very
 # same one (same name, shapes and flags), and no compared line times such a compile. The
-# unit tests (their sandbox hides the cache's folder) and the newest leg (another JAX) do
-# not use it.
+# newest leg (another JAX) does not use it, nor do sandboxed kernels (utils.sandbox keeps
+# the cache's folder from them).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python=${1:?usage: tools/test_all.sh PYTHON}
@@ -51,7 +52,7 @@ run_part() {  # run_part NAME COMMAND...: in the background, output to its log
   pid[$name]=$!
 }
 side_start=$SECONDS
-run_part unit "$python" -m pytest tests -m "not browser" -n 2 --dist loadfile
+run_part unit "${reads_cache[@]}" "$python" -m pytest tests -m "not browser" -n 2 --dist loadfile
 run_part browser "${reads_cache[@]}" "$python" -m pytest tests course -m browser
 run_part newest bash tools/test_newest.sh
 run_part colab "${reads_cache[@]}" bash tools/test_colab.sh

@@ -73,6 +73,10 @@ ALLOWED_NAMES = frozenset({
 ALLOWED_PREFIXES = ("LC_", "COURSE_", "JAX_", "XLA_", "TF_CPP_")
 #: Never passed on, whatever the name's prefix (``COURSE_API_TOKEN``, say).
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|PRIVATE|(^|_)KEY", re.I)
+#: Never passed on either: the grader's persistent compilation cache holds compiled programs
+#: that later kernels load and run, so a submission that could write to it could run code in
+#: the next notebook graded. (Inside bubblewrap its folder is not even there.)
+HOST_ONLY_NAMES = frozenset({"JAX_COMPILATION_CACHE_DIR"})
 
 #: System folders the bubblewrap sandbox shows read-only (those that exist here).
 SYSTEM_PATHS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
@@ -122,10 +126,13 @@ class Limits:
 def kernel_environment(environ: Mapping[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
     """The variables of ``environ`` a sandboxed kernel may see: the allow-listed names and
     prefixes (:data:`ALLOWED_NAMES`, :data:`ALLOWED_PREFIXES`) and the names in ``extra``,
-    never one whose name looks like a secret (:data:`SECRET_NAME`) unless ``extra`` names it."""
+    never one whose name looks like a secret (:data:`SECRET_NAME`) unless ``extra`` names it,
+    nor the grader's own compilation cache (:data:`HOST_ONLY_NAMES`)."""
     extra = set(extra)
     kept = {}
     for name, value in environ.items():
+        if name in HOST_ONLY_NAMES:
+            continue
         if name in extra:
             kept[name] = value
         elif (name in ALLOWED_NAMES or name.startswith(ALLOWED_PREFIXES)) \
