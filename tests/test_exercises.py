@@ -13,6 +13,7 @@ from utils.exercises import (
     CheckFailed,
     Hints,
     Verdict,
+    call_student,
     compare_with_reference,
     evaluate,
     expect_array,
@@ -297,6 +298,20 @@ def test_cases_are_random_but_the_same_in_every_run():
     compare_with_reference(spy, reference_relu, relu_args, trials=4, jit=False,
                            rng=np.random.default_rng(1))
     assert not np.array_equal(seen[0], seen[8])
+
+
+def test_call_student_says_where_and_what_was_raised():
+    assert call_student("for x", lambda a, b: a + b, 1, 2) == 3
+    with pytest.raises(CheckFailed) as failed:
+        call_student(" for inputs of shape (2, 3)", lambda x: x @ x, jnp.ones((2, 3)))
+    message = str(failed.value)
+    assert message.startswith("for inputs of shape (2, 3), your function raised TypeError: ")
+    assert message.endswith(".") and "\n" not in message
+    # A blank exercise and a checker's own verdict pass through untouched.
+    with pytest.raises(NotImplementedError):
+        call_student("x", lambda: (_ for _ in ()).throw(NotImplementedError()))
+    with pytest.raises(CheckFailed, match="^its own words$"):
+        call_student("x", lambda: (_ for _ in ()).throw(CheckFailed("its own words")))
 
 
 def test_tuple_outputs_are_compared_element_by_element():

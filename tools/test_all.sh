@@ -17,14 +17,14 @@
 # depend on the work's size (the checkers' cases, fixed-size demonstrations, often the
 # training step itself), and their time is mostly compiling. So strict nbval fills a
 # persistent compilation cache (test-output/jax-cache, emptied first), and the unit tests
-# (the checkers' tests compile the checkers' own programs), the browser part and the Colab leg
-# (which upgrades to the same JAX) only read it: JAX writes no program that compiled in under
-# a billion seconds. One writer at a time, so no reader ever sees a
-# half-written entry (JAX writes entries in place). Strict nbval's own compared outputs do
-# not depend on it: a program is only read back when another notebook compiled the very
-# same one (same name, shapes and flags), and no compared line times such a compile. The
-# newest leg (another JAX) does not use it, nor do sandboxed kernels (utils.sandbox keeps
-# the cache's folder from them).
+# (the checkers' tests compile the checkers' own programs), the browser part and the Colab
+# leg (which upgrades to the same JAX) only read it: JAX writes no program that compiled in
+# under a billion seconds. One writer at a time, so no reader ever sees a half-written
+# entry (JAX writes entries in place). Strict nbval's own compared outputs do not depend on
+# it: a program is only read back when another notebook compiled the very same one (same
+# name, shapes and flags), and no compared line times such a compile. The newest leg
+# (another JAX) does not use it, nor do sandboxed kernels (utils.sandbox keeps the cache's
+# folder from them).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python=${1:?usage: tools/test_all.sh PYTHON}
@@ -34,12 +34,13 @@ start=$SECONDS
 status=0
 summary=()
 
-# JAX reads these at import.
 cache=$PWD/test-output/jax-cache
 rm -rf "$cache" && mkdir -p "$cache"
-JAX_COMPILATION_CACHE_DIR="$cache" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
-  "$python" -m pytest solutions || status=1
+# JAX reads these variables at import: strict nbval writes every program, the others none.
+writes_cache=(env JAX_COMPILATION_CACHE_DIR="$cache" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0)
 reads_cache=(env JAX_COMPILATION_CACHE_DIR="$cache" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1000000000)
+
+"${writes_cache[@]}" "$python" -m pytest solutions || status=1
 summary+=("strict nbval of solutions/: $((SECONDS - start)) s")
 
 parts=(unit browser newest colab)

@@ -41,6 +41,7 @@ __all__ = [
     "Result",
     "Verdict",
     "RECORD_VARIABLE",
+    "call_student",
     "compare_with_reference",
     "expect_array",
     "expect_close",
@@ -142,6 +143,20 @@ def summarize_error(error: BaseException, limit: int = 480) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def call_student(where: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, where ``fn`` is (or calls) the student's code: an error it raises
+    becomes a :class:`CheckFailed` that says for which input (``where``, e.g. "for inputs of
+    shape (3, 4)") and what was raised. ``NotImplementedError`` (a blank exercise) and
+    ``CheckFailed`` pass through unchanged."""
+    try:
+        return fn(*args)
+    except (NotImplementedError, CheckFailed):
+        raise
+    except Exception as error:
+        raise CheckFailed(f"{where.strip()}, your function raised "
+                          f"{summarize_error(error).rstrip('.')}.") from None
 
 
 def run_check(

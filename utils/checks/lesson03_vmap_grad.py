@@ -38,10 +38,10 @@ import numpy as np
 from utils.exercises import (
     CheckFailed,
     Hints,
+    call_student,
     compare_with_reference,
     expect_array,
     run_check,
-    summarize_error,
 )
 from utils.introspection import jaxpr_size
 
@@ -216,17 +216,6 @@ def _expect_no_batch_loop(
         )
 
 
-def _call(where: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)``; an error it raises becomes a CheckFailed that says for which input."""
-    try:
-        return fn(*args)
-    except (NotImplementedError, CheckFailed):
-        raise
-    except Exception as error:
-        raise CheckFailed(f"{where.strip()}, your function raised "
-                          f"{' '.join(summarize_error(error).split()).rstrip('.')}.") from None
-
-
 def _kind(value: Any) -> str:
     """``"an array of shape (3,)"``, ``"a dict"``, ``"a float"``: what a value is, for messages."""
     if hasattr(value, "shape") and hasattr(value, "dtype"):
@@ -319,7 +308,7 @@ def _check_global_norm(fn: Callable[..., Any]) -> str:
         expected = float(reference_global_norm(tree))
         for suffix, f in (("", fn), (" under jax.jit", jax.jit(fn))):
             where = f"for {kind} (leaf shapes {_tree_shapes(tree)}){suffix}"
-            got = _call(where, f, tree)
+            got = call_student(where, f, tree)
             if not hasattr(got, "shape") or tuple(np.shape(got)) != ():
                 raise CheckFailed(
                     f"global_norm returned {_kind(got)} {where}; it should return one "
@@ -331,7 +320,7 @@ def _check_global_norm(fn: Callable[..., Any]) -> str:
     # Clipping differentiates through the norm: its gradient is tree / norm.
     kind, tree = trees[2]
     norm = reference_global_norm(tree)
-    got = _call(f"differentiating global_norm for {kind}", jax.grad(fn), tree)
+    got = call_student(f"differentiating global_norm for {kind}", jax.grad(fn), tree)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(tree), strict=True):
         if not np.allclose(np.asarray(a), np.asarray(b) / float(norm), rtol=1e-4, atol=1e-6):
             raise CheckFailed(
@@ -515,7 +504,7 @@ def _check_hvp(fn: Callable[..., Any]) -> str:
         for suffix, g in (("", fn), (" under jax.jit", jax.jit(fn, static_argnums=0))):
             where = (f" for f(x) = {name} at x of shape {tuple(x.shape)} and a random "
                      f"v{suffix}")
-            got = expect_array(_call(where, g, f, x, v), x.shape, np.float32,
+            got = expect_array(call_student(where, g, f, x, v), x.shape, np.float32,
                                f"hvp(f, x, v){where}")
             if not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
                 raise CheckFailed(

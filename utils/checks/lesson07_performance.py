@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from utils import pipeline, profiling
-from utils.exercises import CheckFailed, Hints, run_check, summarize_error
+from utils.exercises import CheckFailed, Hints, call_student, run_check, summarize_error
 
 Fn = Callable[..., Any]
 
@@ -236,17 +236,6 @@ def reference_train_epoch(step: Fn, params: Any, batches: list[Any]) -> tuple[An
 
 def _kib(nbytes: float) -> str:
     return f"{nbytes / 1024:.1f} KiB"
-
-
-def _call(fn: Fn, where: str, *args: Any) -> Any:
-    """``fn(*args)``; an error of the student's code becomes a FAILED line naming ``where``."""
-    try:
-        return fn(*args)
-    except (NotImplementedError, CheckFailed):
-        raise
-    except Exception as error:
-        raise CheckFailed(f"{where}, your function raised "
-                          f"{summarize_error(error).rstrip('.')}.") from None
 
 
 def _tree_close(got: Any, expected: Any, what: str, rtol: float = 2e-5,
@@ -498,9 +487,9 @@ def _check_accumulated(fn: Fn) -> str:
     jitted = jax.jit(fn, static_argnums=(0, 4))
     for batch, micro, params, images, labels, expected in (memory_case, *cases):
         where = f"for a batch of {batch} in {micro} micro-batches under jax.jit"
-        compiled = _call(lambda *a: jitted.lower(*a).compile(), where, _mlp_loss, params,
+        compiled = call_student(where, lambda *a: jitted.lower(*a).compile(), _mlp_loss, params,
                          images, labels, micro)
-        got = _call(compiled, where, params, images, labels)
+        got = call_student(where, compiled, params, images, labels)
         got_w2 = got.get("w2") if isinstance(got, dict) else None
         if micro > 1 and getattr(got_w2, "shape", None) == expected["w2"].shape and \
                 np.allclose(np.asarray(got_w2), micro * np.asarray(expected["w2"]),
@@ -584,7 +573,7 @@ def _check_remat(fn: Fn) -> str:
     blocks, d, h, batch, params, x, expected, expected_grad = large
     where = f"for {blocks} blocks {d} -> {h} -> {d} and a batch of {batch}"
     both = jax.jit(lambda params, x: (fn(params, x), jax.grad(_remat_loss(fn))(params, x)))
-    got, got_grad = _call(both, f"{where} under jax.jit", params, x)
+    got, got_grad = call_student(f"{where} under jax.jit", both, params, x)
     _tree_close(got, expected, f"the output {where} under jax.jit", rtol=1e-5, atol=1e-5)
     _tree_close(got_grad, expected_grad, f"the gradient {where} under jax.jit", rtol=1e-4,
                 atol=1e-5)
@@ -607,9 +596,9 @@ def _check_remat(fn: Fn) -> str:
     # The small case eagerly, op by op.
     blocks, d, h, batch, params, x, expected, expected_grad = small
     where = f"for {blocks} block {d} -> {h} -> {d} and a batch of {batch}"
-    got = _call(fn, where, params, x)
+    got = call_student(where, fn, params, x)
     _tree_close(got, expected, f"the output {where}", rtol=1e-5, atol=1e-5)
-    got_grad = _call(jax.grad(_remat_loss(fn)), f"{where}, differentiated", params, x)
+    got_grad = call_student(f"{where}, differentiated", jax.grad(_remat_loss(fn)), params, x)
     _tree_close(got_grad, expected_grad, f"the gradient {where}", rtol=1e-4, atol=1e-5)
     return ("outputs and gradients equal the plain MLP's (3 blocks and a batch of 128 under "
             "jax.jit, 1 block and a batch of 1 eagerly); the forward pass keeps no (B, h) "
@@ -733,7 +722,7 @@ def _check_train_epoch(fn: Fn) -> str:
 
         with _host_reads((params, batches)) as reads, \
                 contextlib.redirect_stdout(io.StringIO()):  # what it prints is not the verdict
-            out = _call(fn, where, counting_step, params, batches)
+            out = call_student(where, fn, counting_step, params, batches)
         if reads:
             raise CheckFailed(f"{where}, the loop {reads[0]} a value computed by the steps on "
                               f"the host ({len(reads)} time(s) before it returned: a Python "

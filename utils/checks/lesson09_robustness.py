@@ -60,6 +60,7 @@ from utils import robustness
 from utils.exercises import (
     CheckFailed,
     Hints,
+    call_student,
     expect_array,
     expect_close,
     run_check,
@@ -599,16 +600,6 @@ def _describe_args(args: tuple[Any, ...]) -> str:
     return f"shapes {shapes}" + (f", num_bins={extra[0]}" if extra else "")
 
 
-def _call(f: Fn, args: tuple[Any, ...], where: str) -> Any:
-    try:
-        return f(*args)
-    except (NotImplementedError, CheckFailed):
-        raise
-    except Exception as error:
-        raise CheckFailed(f"{where}, your function raised "
-                          f"{summarize_error(error).rstrip('.')}.") from None
-
-
 def _compare(fn: Fn, oracle: Fn, cases: list[tuple[str, tuple[Any, ...]]],
              static_argnums: tuple[int, ...], rtol: float, atol: float,
              probe: Callable[[Fn, Fn, str, tuple[Any, ...]], str | None]) -> None:
@@ -619,7 +610,7 @@ def _compare(fn: Fn, oracle: Fn, cases: list[tuple[str, tuple[Any, ...]]],
     for i, (what, args) in enumerate(cases):
         expected = oracle(*args)
         where = f"for {what} ({_describe_args(args)})"
-        got = _call(fn, args, where)
+        got = call_student(where, fn, *args)
         try:
             expect_close(got, expected, rtol=rtol, atol=atol, what=f"the output {where}")
         except CheckFailed as wrong:
@@ -723,7 +714,7 @@ def _temperature_problems() -> tuple[tuple[str, Any, Any, float, float], ...]:
 def _check_temperature(fn: Fn) -> str:
     for kind, logits, labels, best_t, best in _temperature_problems():
         where = f"for {kind} logits of shape {logits.shape}"
-        t = _call(fn, (logits, labels), where)
+        t = call_student(where, fn, logits, labels)
         if not hasattr(t, "shape") and not isinstance(t, int | float):
             raise CheckFailed(f"{where}, returned a {type(t).__name__}; expected one number.")
         if np.size(t) != 1 or np.ndim(t) != 0:
